@@ -1,0 +1,111 @@
+"""Tasks that read, validate, split and normalise the data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from training.data import file_digest, load_table, split_indices, to_tensors
+from training.errors import DataError
+from training.normalize import Normalizer, fit_normalizer
+
+
+@dataclass(frozen=True)
+class LoadedData:
+    """A validated table with where it came from."""
+
+    frame: pd.DataFrame  # features + target, float64
+    source: str  # absolute path of the file
+    digest: str  # SHA-256 of the file's bytes
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """Train/validation split, normalised inputs (float32) and the rows in original units."""
+
+    x_train: torch.Tensor  # (n_train, k), normalised
+    y_train: torch.Tensor  # (n_train,)
+    x_val: torch.Tensor  # (n_val, k), normalised; n_val may be 0
+    y_val: torch.Tensor  # (n_val,)
+    train_frame: pd.DataFrame  # original units, for plots and examples
+    val_frame: pd.DataFrame
+    normalizer: Normalizer
+
+    @property
+    def has_val(self) -> bool:
+        """True when there is a validation split."""
+        return len(self.y_val) > 0
+
+
+def _is_transient(task, task_run, state) -> bool:
+    """Retry only I/O errors; a bad file stays bad."""
+    try:
+        state.result()
+    except DataError:
+        return False
+    except OSError:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+@task(
+    name="load-dataset",
+    task_run_name="load-dataset",
+    retries=2,
+    retry_delay_seconds=1,
+    retry_condition_fn=_is_transient,
+    cache_policy=NO_CACHE,
+)
+def load_dataset(path: str, features: list[str], target: str) -> LoadedData:
+    """Read and validate the data file and record its content hash."""
+    logger = get_run_logger()
+    source = str(Path(path).expanduser().resolve())
+    frame = load_table(source, features, target)
+    digest = file_digest(source)
+    logger.info("Loaded %d rows from %s (sha256 %s)", len(frame), source, digest[:12])
+    return LoadedData(frame=frame, source=source, digest=digest)
+
+
+@task(name="split-normalize", task_run_name="split-normalize", cache_policy=NO_CACHE)
+def prepare_data(
+    loaded: LoadedData,
+    features: list[str],
+    target: str,
+    normalize: str,
+    scale: float,
+    val_fraction: float,
+    seed: int,
+) -> PreparedData:
+    """Split rows with the seed, fit normalisation on the training rows only, apply it to both splits."""
+    logger = get_run_logger()
+    train_idx, val_idx = split_indices(len(loaded.frame), val_fraction, seed, source=loaded.source)
+    train_frame = loaded.frame.iloc[train_idx.tolist()].reset_index(drop=True)
+    val_frame = loaded.frame.iloc[val_idx.tolist()].reset_index(drop=True)
+    x_train, y_train = to_tensors(train_frame, features, target)
+    x_val, y_val = to_tensors(val_frame, features, target)
+    normalizer = fit_normalizer(x_train, features, normalize, scale, source=loaded.source)
+    logger.info(
+        "Split %d rows: %d train %s, %d validation %s; normalisation %s",
+        len(loaded.frame),
+        len(train_idx),
+        train_idx.tolist(),
+        len(val_idx),
+        val_idx.tolist(),
+        normalize,
+    )
+    return PreparedData(
+        x_train=normalizer.apply(x_train),
+        y_train=y_train,
+        x_val=normalizer.apply(x_val),
+        y_val=y_val,
+        train_frame=train_frame,
+        val_frame=val_frame,
+        normalizer=normalizer,
+    )

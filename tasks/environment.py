@@ -1,0 +1,34 @@
+"""Embedded defaults: one machine, no server to start, all state inside the repository (git-ignored).
+
+Applied when the ``tasks`` package is imported, before anything imports prefect. Every value is a default
+only: a variable already set in the environment wins (``PREFECT_API_URL`` for a Prefect server,
+``MLFLOW_TRACKING_URI`` for an MLflow server or database).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+DEFAULTS: dict[str, str] = {
+    # Prefect: the temporary local API keeps its database here instead of ~/.prefect
+    "PREFECT_HOME": str(REPO_ROOT / ".prefect"),
+    # its telemetry service is the source of "database is locked" tracebacks on SQLite
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    # a cold temporary server takes 12-19 s on a busy 2-core machine; the 20 s default is too tight
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+    # MLflow: a SQLite file at an absolute path, so a worker in another directory finds the same store
+    "MLFLOW_TRACKING_URI": f"sqlite:///{REPO_ROOT / 'mlflow.db'}",
+    # MLflow 3 reports usage telemetry by default; this machine has no network and users may not want it
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    # artifacts of experiments created on a database store (ignored when a tracking server decides)
+    "PIPELINE_ARTIFACT_ROOT": str(REPO_ROOT / "mlartifacts"),
+}
+
+
+def apply_defaults(environ: os._Environ | dict = os.environ) -> None:
+    """Set each default that the environment does not already set."""
+    for key, value in DEFAULTS.items():
+        environ.setdefault(key, value)

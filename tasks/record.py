@@ -1,0 +1,166 @@
+"""Tasks that write the MLflow record: a parent run per flow run, a child run per variant."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import deployment, flow_run
+
+from tasks import plots, tracking
+from tasks.data import LoadedData, PreparedData
+from tasks.train import TimedResult
+from training.config import TrainSettings
+from training.evaluation import Evaluation
+from training.serving import LinearPredictor
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """Where a flow run is recorded."""
+
+    experiment_id: str
+    parent_run_id: str
+    url: str | None  # browser link when an MLflow server is in use
+
+
+@dataclass(frozen=True)
+class VariantRecord:
+    """What was recorded for one variant."""
+
+    variant: str
+    run_id: str
+    status: str  # FINISHED or FAILED
+    model_uri: str | None  # models:/m-... for a converged variant
+
+
+def _prefect_tags() -> dict[str, str]:
+    tags = {
+        "prefect.flow_run_id": str(flow_run.get_id() or ""),
+        "prefect.flow_run_name": str(flow_run.get_name() or ""),
+    }
+    if deployment.get_name():
+        tags["prefect.deployment"] = str(deployment.get_name())
+    return tags
+
+
+@task(
+    name="start-mlflow-run",
+    task_run_name="start-mlflow-run",
+    retries=2,
+    retry_delay_seconds=2,
+    cache_policy=NO_CACHE,
+)
+def start_tracking(settings: TrainSettings, loaded: LoadedData) -> Tracking:
+    """Create the parent run: flow parameters, Prefect ids, data hash, and the data set as input."""
+    logger = get_run_logger()
+    experiment_id = tracking.ensure_experiment(settings.experiment)
+    tags = {**_prefect_tags(), "data_hash": loaded.digest, "data_source": loaded.source}
+    run_name = tags["prefect.flow_run_name"] or "train"
+    run_id = tracking.start_run(experiment_id, run_name, tags, settings.as_params())
+    tracking.log_dataset(run_id, loaded.frame, loaded.source, loaded.digest, settings.target, "training")
+    url = tracking.run_url(run_id, experiment_id)
+    logger.info(
+        "MLflow run %s in experiment %r (%s)", run_id, settings.experiment, url or tracking.tracking_uri()
+    )
+    return Tracking(experiment_id=experiment_id, parent_run_id=run_id, url=url)
+
+
+def _coefficients(predictor: LinearPredictor) -> dict[str, float]:
+    folded = predictor.normalizer.fold(predictor.params).tolist()
+    return {
+        **{f"coef_{f}": w for f, w in zip(predictor.features, folded[:-1], strict=True)},
+        "intercept": folded[-1],
+    }
+
+
+@task(name="log-variant", task_run_name="log-{timed.result.variant}", cache_policy=NO_CACHE)
+def log_variant(
+    run: Tracking,
+    timed: TimedResult,
+    evaluation: Evaluation | None,
+    prepared: PreparedData,
+    settings: TrainSettings,
+) -> VariantRecord:
+    """Record one variant as a child run: curves, metrics, plots and, if it converged, the model."""
+    logger = get_run_logger()
+    r = timed.result
+    tags = {**_prefect_tags(), "variant": r.variant, "stop_reason": r.stop_reason}
+    params = {**settings.as_params(), "variant": r.variant}
+    run_id = tracking.start_run(
+        run.experiment_id,
+        r.variant,
+        tags,
+        params,
+        parent_run_id=run.parent_run_id,
+        start_time_ms=timed.started_ms,
+    )
+    try:
+        tracking.log_curves(run_id, {"train_loss": r.train_loss, "val_loss": r.val_loss})
+        trained = {f"w_{f}": w for f, w in zip(settings.features, r.params[:-1].tolist(), strict=True)}
+        trained["b"] = float(r.params[-1])
+        summary = {"epochs_run": float(r.epochs_run), "train_seconds": timed.seconds}
+        tracking.log_figure(
+            run_id, plots.loss_curve(r.variant, r.train_loss, r.val_loss, settings.epochs), "loss_curve.png"
+        )
+        if not r.converged:
+            tracking.log_metrics(run_id, summary)
+            tracking.end_run(run_id, tracking.FAILED, note=r.message)
+            return VariantRecord(r.variant, run_id, tracking.FAILED, None)
+        predictor = LinearPredictor(r.params, prepared.normalizer, settings.target, r.variant)
+        coefficients = _coefficients(predictor)
+        tracking.log_metrics(run_id, {**summary, **trained, **coefficients, **evaluation.metrics()})
+        tracking.log_dict(
+            run_id, {"trained_space": trained, "original_units": coefficients}, "coefficients.json"
+        )
+        tracking.log_figure(
+            run_id, plots.fit_plot(predictor, prepared.train_frame, prepared.val_frame), "fit.png"
+        )
+        example = prepared.train_frame[list(settings.features)].head(3)
+        model_uri = tracking.log_model(run_id, run.experiment_id, predictor, example)
+        tracking.set_tags(run_id, {"model_uri": model_uri})
+        tracking.end_run(run_id, tracking.FINISHED)
+    except BaseException as exc:
+        tracking.end_run(run_id, tracking.FAILED, note=f"recording failed: {exc!r}")
+        raise
+    logger.info("%s recorded as MLflow run %s, model %s", r.variant, run_id, model_uri)
+    return VariantRecord(r.variant, run_id, tracking.FINISHED, model_uri)
+
+
+@task(
+    name="finish-mlflow-run",
+    task_run_name="finish-mlflow-run",
+    retries=2,
+    retry_delay_seconds=2,
+    cache_policy=NO_CACHE,
+)
+def finish_tracking(
+    run: Tracking,
+    results: list[TimedResult],
+    evaluations: dict[str, Evaluation],
+    settings: TrainSettings,
+    summary: str,
+) -> str:
+    """Close the parent run with the overlay plot, the best variant's metrics and the summary as its note."""
+    curves = {t.result.variant: t.result.train_loss for t in results}
+    optimum = next(iter(evaluations.values())).optimum_mse if evaluations else None
+    tracking.log_figure(
+        run.parent_run_id, plots.loss_curves(curves, settings.epochs, optimum), "loss_curves.png"
+    )
+    metrics = {"variants_converged": float(len(evaluations))}
+    if evaluations:
+        metrics["optimum_mse"] = optimum
+        metrics.update(
+            {f"{v}_{k}": value for v, ev in evaluations.items() for k, value in ev.metrics().items()}
+        )
+    tracking.log_metrics(run.parent_run_id, metrics)
+    status = tracking.FINISHED if evaluations else tracking.FAILED
+    tracking.end_run(run.parent_run_id, status, note=summary)
+    return status
+
+
+@task(name="abort-mlflow-run", task_run_name="abort-mlflow-run", cache_policy=NO_CACHE)
+def abort_tracking(run: Tracking, reason: str) -> None:
+    """Mark the parent run FAILED with the reason, so no run is left RUNNING."""
+    tracking.end_run(run.parent_run_id, tracking.FAILED, note=f"The flow run failed: {reason}")

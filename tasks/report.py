@@ -1,0 +1,97 @@
+"""The report task: Prefect artifacts that compare the variants and point to their MLflow runs."""
+
+from __future__ import annotations
+
+import math
+
+from prefect import task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from tasks.record import Tracking, VariantRecord
+from tasks.train import TimedResult
+from training.evaluation import Evaluation
+
+
+def _fmt(value: float | None, spec: str = ".6f") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return format(value, spec)
+
+
+def summary_rows(
+    results: list[TimedResult], evaluations: dict[str, Evaluation], records: list[VariantRecord]
+) -> list[dict[str, str]]:
+    """One row per variant: how it stopped, its losses, its gap to the optimum, its MLflow run."""
+    run_ids = {rec.variant: rec.run_id for rec in records}
+    rows = []
+    for timed in results:
+        r = timed.result
+        ev = evaluations.get(r.variant)
+        val = ev.val if ev else {}
+        rows.append(
+            {
+                "variant": r.variant,
+                "stop reason": r.stop_reason if r.converged else f"diverged at epoch {r.epochs_run}",
+                "epochs": str(r.epochs_run),
+                "final loss": _fmt(r.train_loss[-1] if r.train_loss else None),
+                "val MSE": _fmt(val.get("mse")),
+                "val RMSE": _fmt(val.get("rmse")),
+                "val R2": _fmt(val.get("r2"), ".4f"),
+                "gap to optimum": _fmt(ev.optimum_gap if ev else None, ".3g"),
+                "params [w..., b]": ", ".join(f"{p:.4f}" for p in r.params.tolist()),
+                "seconds": f"{timed.seconds:.2f}",
+                "MLflow run": run_ids.get(r.variant, "-"),
+            }
+        )
+    return rows
+
+
+def summary_markdown(
+    rows: list[dict[str, str]], results: list[TimedResult], evaluations: dict[str, Evaluation], run: Tracking
+) -> str:
+    """The same comparison in words, flush-left markdown."""
+    converged = [t.result.variant for t in results if t.result.converged]
+    header = "| " + " | ".join(rows[0]) + " |\n|" + "---|" * len(rows[0]) + "\n"
+    table = header + "".join("| " + " | ".join(r.values()) + " |\n" for r in rows)
+    lines = [
+        "# Thermometer training run",
+        "",
+        f"{len(converged)} of {len(results)} variants converged: {', '.join(converged) or 'none'}.",
+    ]
+    if evaluations:
+        optimum = next(iter(evaluations.values())).optimum_mse
+        lines.append(f"The exact least-squares fit on the training rows has MSE {optimum:.6f}.")
+        for v, ev in evaluations.items():
+            check = max(ev.grad_check_init, ev.grad_check_final)
+            lines.append(
+                f"- **{v}**: training MSE {ev.train['mse']:.6f} ({ev.optimum_gap:.3g} above the optimum)"
+                + (f", validation RMSE {ev.val['rmse']:.4f}" if ev.val else "")
+                + f"; hand-written vs autograd gradient gap {check:.1e}."
+            )
+    for t in results:
+        if not t.result.converged:
+            lines.append(f"- **{t.result.variant}**: {t.result.message}")
+    lines += ["", table]
+    if run.url:
+        lines.append(f"MLflow parent run: [{run.parent_run_id}]({run.url})")
+    else:
+        lines.append(f"MLflow parent run: `{run.parent_run_id}`")
+    return "\n".join(lines) + "\n"
+
+
+@task(name="report", task_run_name="report", cache_policy=NO_CACHE)
+def report(
+    run: Tracking,
+    results: list[TimedResult],
+    evaluations: dict[str, Evaluation],
+    records: list[VariantRecord],
+) -> str:
+    """Publish the comparison table, the summary in words and a link to MLflow; return the summary."""
+    rows = summary_rows(results, evaluations, records)
+    markdown = summary_markdown(rows, results, evaluations, run)
+    create_table_artifact(table=rows, key="training-comparison", description="The variants side by side")
+    create_markdown_artifact(markdown=markdown, key="training-summary", description="The run in words")
+    if run.url:
+        create_link_artifact(link=run.url, link_text="MLflow parent run", key="mlflow-run")
+    return markdown

@@ -1,0 +1,228 @@
+"""The project's only door to MLflow.
+
+Every call takes an explicit ``run_id`` and goes through ``MlflowClient``: Prefect runs tasks in worker
+threads and MLflow's active run is thread-local, so nothing here relies on ``mlflow.start_run``.
+The tracking URI comes from ``MLFLOW_TRACKING_URI`` (embedded default: the repository's SQLite file).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from matplotlib.figure import Figure
+from mlflow import MlflowClient
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
+from mlflow.models import Model, ModelSignature
+from mlflow.types import ColSpec, Schema
+
+from training.serving import LinearPredictor, save_model
+
+logger = logging.getLogger(__name__)
+
+MODEL_NAME = "model"  # the logged model's name inside its run
+LOADER_MODULE = "training.serving"
+BATCH = 1000  # metrics per log_batch request (the server's limit)
+
+
+def tracking_uri() -> str:
+    """The tracking URI in force (environment, else MLflow's own default)."""
+    return mlflow.get_tracking_uri()
+
+
+def client() -> MlflowClient:
+    """A client for the tracking URI in force."""
+    return MlflowClient(tracking_uri())
+
+
+def ensure_experiment(name: str) -> str:
+    """Return the id of experiment ``name``, creating it if missing.
+
+    On a database store (no tracking server), artifacts go under ``PIPELINE_ARTIFACT_ROOT``; a tracking
+    server chooses its own artifact location.
+    """
+    c = client()
+    found = c.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    root = os.environ.get("PIPELINE_ARTIFACT_ROOT")
+    if root and not tracking_uri().startswith(("http://", "https://", "databricks")):
+        location = Path(root, name).resolve().as_uri()
+    try:
+        return c.create_experiment(name, artifact_location=location)
+    except mlflow.exceptions.MlflowException:
+        # another run created it between our lookup and our create
+        existing = c.get_experiment_by_name(name)
+        if existing is None:
+            raise
+        return existing.experiment_id
+
+
+def start_run(
+    experiment_id: str,
+    run_name: str,
+    tags: Mapping[str, str],
+    params: Mapping[str, Any],
+    parent_run_id: str | None = None,
+    start_time_ms: int | None = None,
+) -> str:
+    """Create a run (a child when ``parent_run_id`` is given), log its params once, return its id."""
+    all_tags = dict(tags)
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    run = client().create_run(experiment_id, start_time=start_time_ms, tags=all_tags, run_name=run_name)
+    run_id = run.info.run_id
+    client().log_batch(run_id, params=[Param(k, _param_value(v)) for k, v in params.items()])
+    return run_id
+
+
+def _param_value(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def set_tags(run_id: str, tags: Mapping[str, str]) -> None:
+    """Set several tags on a run in one request."""
+    client().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def log_metrics(run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+    """Log final (single-value) metrics in one request; non-finite values are skipped."""
+    now = _now_ms()
+    batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(float(v))]
+    _log_metric_batches(run_id, batch)
+
+
+def log_curves(run_id: str, curves: Mapping[str, Iterable[float]]) -> int:
+    """Log per-epoch curves (index i is epoch i + 1) in batches; returns how many points were logged.
+
+    Non-finite points (the epoch a run diverged at) are not stored: MLflow cannot plot them.
+    """
+    now = _now_ms()
+    batch = [
+        Metric(name, value, now, epoch)
+        for name, values in curves.items()
+        for epoch, value in enumerate(values, start=1)
+        if math.isfinite(value)
+    ]
+    _log_metric_batches(run_id, batch)
+    return len(batch)
+
+
+def _log_metric_batches(run_id: str, metrics: list[Metric]) -> None:
+    c = client()
+    for start in range(0, len(metrics), BATCH):
+        c.log_batch(run_id, metrics=metrics[start : start + BATCH], synchronous=True)
+
+
+def log_figure(run_id: str, figure: Figure, filename: str) -> None:
+    """Save a matplotlib figure as an artifact of the run."""
+    client().log_figure(run_id, figure, filename)
+
+
+def log_dict(run_id: str, data: Mapping[str, Any], filename: str) -> None:
+    """Save a JSON artifact on the run."""
+    client().log_dict(run_id, dict(data), filename)
+
+
+def log_dataset(
+    run_id: str, frame: pd.DataFrame, source: str, digest: str, target: str, context: str
+) -> None:
+    """Record the data set as the run's input (shown in the MLflow UI's Datasets column)."""
+    with warnings.catch_warnings():
+        # MLflow registers its local-file source twice and warns that the path is ambiguous; it is not
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        dataset = mlflow.data.from_pandas(
+            frame,
+            source=str(Path(source).resolve()),
+            targets=target,
+            name=Path(source).name,
+            digest=digest[:20],
+        )
+    entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
+    client().log_inputs(run_id, datasets=[entity])
+
+
+def log_model(
+    run_id: str, experiment_id: str, predictor: LinearPredictor, input_example: pd.DataFrame
+) -> str:
+    """Log ``predictor`` as an MLflow pyfunc model of the run and return its ``models:/`` URI.
+
+    The model directory holds a tensor state dict and JSON (see ``training.serving``); MLflow loads it
+    through ``loader_module``, so no Python object is pickled or unpickled.
+    """
+    signature = ModelSignature(
+        inputs=Schema([ColSpec("double", f) for f in predictor.features]),
+        outputs=Schema([ColSpec("double", predictor.target)]),
+    )
+    # created here, not by Model.log, which would file it under the thread's active experiment (Default)
+    logged = client().create_logged_model(
+        experiment_id, name=MODEL_NAME, source_run_id=run_id, tags={"variant": predictor.variant}
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        data_path = save_model(Path(tmp, "linear"), predictor)
+        info = Model.log(
+            artifact_path=None,
+            name=MODEL_NAME,
+            flavor=mlflow.pyfunc,
+            run_id=run_id,
+            model_id=logged.model_id,
+            loader_module=LOADER_MODULE,
+            data_path=str(data_path),
+            signature=signature,
+            input_example=input_example,
+            pip_requirements=_pip_requirements(),
+        )
+    return info.model_uri
+
+
+def _pip_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{pkg}=={version(pkg)}" for pkg in ("torch", "pandas", "mlflow")]
+
+
+def end_run(run_id: str, status: str, note: str | None = None) -> None:
+    """End a run as FINISHED, FAILED or KILLED, with an optional note shown as its description."""
+    if note:
+        set_tags(run_id, {"mlflow.note.content": note})
+    client().set_terminated(run_id, status=status, end_time=_now_ms())
+
+
+def run_status(run_id: str) -> str:
+    """The run's status name (RUNNING, FINISHED, FAILED, KILLED)."""
+    return client().get_run(run_id).info.status
+
+
+def run_url(run_id: str, experiment_id: str) -> str | None:
+    """A browser link to the run when tracking goes through an MLflow server; else None."""
+    uri = tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return None
+    return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def load_model(model_uri: str) -> Any:
+    """Load a logged model as an MLflow pyfunc model."""
+    return mlflow.pyfunc.load_model(model_uri)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+FINISHED = RunStatus.to_string(RunStatus.FINISHED)
+FAILED = RunStatus.to_string(RunStatus.FAILED)
+KILLED = RunStatus.to_string(RunStatus.KILLED)

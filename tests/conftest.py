@@ -1,0 +1,73 @@
+"""Test session set-up: every store in a temporary directory, one Prefect test harness per session.
+
+The environment is set at import time, before any test module imports prefect or mlflow, so nothing a
+test does touches the repository's own .prefect/, mlflow.db or mlartifacts/.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+SESSION_DIR = Path(tempfile.mkdtemp(prefix="thermo-tests-"))
+os.environ.update(
+    {
+        "PREFECT_HOME": str(SESSION_DIR / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{SESSION_DIR / 'mlflow.db'}",
+        "PIPELINE_ARTIFACT_ROOT": str(SESSION_DIR / "mlartifacts"),
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        # the models this project logs must load without unpickling anything
+        "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
+    }
+)
+for var in ("PREFECT_API_URL", "PREFECT_API_KEY"):
+    os.environ.pop(var, None)
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "data" / "thermometer.csv"
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect API for every flow test in the session (it costs 12-15 s to start)."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    with (
+        prefect_test_harness(server_startup_timeout=90),
+        temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+    ):
+        yield
+
+
+@pytest.fixture(scope="session")
+def mlflow_client():
+    """A client on the session's temporary SQLite store."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+
+
+@pytest.fixture
+def write(tmp_path):
+    """Write text (or bytes) to a file in the test's temp dir and return its path as a string."""
+
+    def _write(name: str, content: str | bytes) -> str:
+        path = tmp_path / name
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
+        return str(path)
+
+    return _write
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(SESSION_DIR, ignore_errors=True)

@@ -1,0 +1,153 @@
+"""Loading, validation, splitting and normalisation: every bad input gets a clear DataError."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+from torch.testing import assert_close
+
+from training.data import file_digest, load_table, split_indices, to_tensors
+from training.errors import DataError
+from training.normalize import Normalizer, fit_normalizer
+
+from .conftest import DATA
+
+GOOD = "t_u,t_c\n35.7,0.5\n55.9,14.0\n58.2,15.0\n"
+
+
+def test_loads_the_books_data():
+    frame = load_table(DATA, ["t_u"], "t_c")
+    assert list(frame.columns) == ["t_u", "t_c"] and len(frame) == 11
+    assert frame["t_u"].iloc[0] == 35.7 and frame["t_c"].iloc[7] == -4.0
+
+
+def test_parquet_and_csv_give_the_same_table(tmp_path):
+    path = tmp_path / "t.parquet"
+    pd.read_csv(DATA).to_parquet(path)
+    assert load_table(path, ["t_u"], "t_c").equals(load_table(DATA, ["t_u"], "t_c"))
+
+
+def test_extra_columns_are_ignored_and_order_follows_features(write):
+    path = write("x.csv", "note,t_c,b,t_u\nx,1,2,3\ny,4,5,6\n")
+    frame = load_table(path, ["t_u", "b"], "t_c")
+    assert list(frame.columns) == ["t_u", "b", "t_c"]
+    assert frame.to_numpy().tolist() == [[3, 2, 1], [6, 5, 4]]
+
+
+def test_digest_changes_with_content(write):
+    a, b = write("a.csv", GOOD), write("b.csv", GOOD + "1,2\n")
+    assert file_digest(a) == file_digest(write("c.csv", GOOD)) != file_digest(b)
+    assert len(file_digest(a)) == 64
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "column", "pattern"),
+    [
+        ("empty.csv", "", None, "empty"),
+        ("blank.csv", "\n\n", None, "no columns"),
+        ("header.csv", "t_u,t_c\n", None, "header but no data rows"),
+        ("typo.csv", "t_U,t_c\n1,2\n", "t_u", "column not found.*'t_U', 't_c'"),
+        ("semicolon.csv", "t_u;t_c\n1;2\n", "t_u", "delimiter"),
+        ("text.csv", "t_u,t_c\n1,2\nabc,3\n", "t_u", "non-numeric value 'abc' in data row 2"),
+        ("missing.csv", "t_u,t_c\n1,2\n3,\n", "t_c", "missing value in data row\\(s\\) 2"),
+        ("inf.csv", "t_u,t_c\n1,2\ninf,3\n", "t_u", "infinite value in data row\\(s\\) 2"),
+        ("ragged.csv", "t_u,t_c\n1,2\n3,4,5\n", None, "not a well-formed CSV"),
+        (
+            "binary.csv",
+            bytes(range(256)) * 4,
+            None,
+            "cannot decode|not a well-formed|cannot read|column not found",
+        ),
+        ("bools.parquet", None, "t_u", "booleans"),
+        ("data.xlsx", "whatever", None, "unsupported file type '.xlsx'"),
+    ],
+)
+def test_bad_files_name_the_file_column_and_problem(write, tmp_path, name, content, column, pattern):
+    if name == "bools.parquet":
+        path = str(tmp_path / name)
+        pd.DataFrame({"t_u": [True, False], "t_c": [1.0, 2.0]}).to_parquet(path)
+    else:
+        path = write(name, content)
+    with pytest.raises(DataError, match=pattern) as info:
+        load_table(path, ["t_u"], "t_c")
+    assert str(info.value).startswith(path)
+    if column is not None:
+        assert info.value.column == column and f"column '{column}'" in str(info.value)
+
+
+def test_parquet_with_string_numbers_is_refused_at_the_first_bad_row(tmp_path):
+    path = tmp_path / "strings.parquet"
+    pd.DataFrame({"t_u": ["1.5", "oops"], "t_c": [1.0, 2.0]}).to_parquet(path)
+    with pytest.raises(DataError, match="column 't_u': non-numeric value 'oops' in data row 2"):
+        load_table(path, ["t_u"], "t_c")
+
+
+def test_corrupt_parquet_and_missing_path_and_directory(write, tmp_path):
+    with pytest.raises(DataError, match="cannot read the file"):
+        load_table(write("bad.parquet", b"PAR1 not really"), ["t_u"], "t_c")
+    with pytest.raises(DataError, match="file not found"):
+        load_table(tmp_path / "nope.csv", ["t_u"], "t_c")
+    with pytest.raises(DataError, match="is a directory"):
+        load_table(tmp_path, ["t_u"], "t_c")
+
+
+def test_split_is_seeded_disjoint_and_keeps_the_books_sizes():
+    train_a, val_a = split_indices(11, 0.2, seed=42)
+    train_b, val_b = split_indices(11, 0.2, seed=42)
+    assert torch.equal(train_a, train_b) and torch.equal(val_a, val_b)
+    assert len(val_a) == 2 and len(train_a) == 9  # n_val = int(0.2 * 11)
+    assert sorted(train_a.tolist() + val_a.tolist()) == list(range(11))
+    assert not torch.equal(split_indices(11, 0.2, seed=43)[1], val_a) or not torch.equal(
+        split_indices(11, 0.2, seed=44)[1], val_a
+    )
+    train_all, val_none = split_indices(11, 0.0, seed=1)
+    assert len(train_all) == 11 and len(val_none) == 0
+
+
+def test_too_few_rows_for_the_split():
+    with pytest.raises(DataError, match="3 data rows are too few for val_fraction=0.2: it needs at least 5"):
+        split_indices(3, 0.2, seed=0, source="f.csv")
+    with pytest.raises(DataError, match="training needs at least 2"):
+        split_indices(1, 0.0, seed=0, source="f.csv")
+    with pytest.raises(DataError, match="^f.csv: "):
+        split_indices(2, 0.5, seed=0, source="f.csv")
+
+
+def test_normalisation_methods():
+    x = torch.tensor([[1.0, 10.0], [3.0, 20.0], [5.0, 60.0]])
+    assert torch.equal(fit_normalizer(x, ["a", "b"], "none").apply(x), x)
+    assert torch.equal(fit_normalizer(x, ["a", "b"], "scale", 0.1).apply(x), 0.1 * x)
+    z = fit_normalizer(x, ["a", "b"], "zscore").apply(x)
+    assert_close(z.mean(0), torch.zeros(2), atol=1e-6, rtol=0)
+    assert_close(z.std(0, correction=0), torch.ones(2))
+    m = fit_normalizer(x, ["a", "b"], "minmax").apply(x)
+    assert_close(m.min(0).values, torch.zeros(2))
+    assert_close(m.max(0).values, torch.ones(2))
+
+
+@pytest.mark.parametrize("method", ["zscore", "minmax"])
+def test_constant_feature_is_refused(method):
+    x = torch.tensor([[1.0, 5.0], [2.0, 5.0]])
+    with pytest.raises(DataError, match=f"f.csv: column 'b': is constant.*'{method}'"):
+        fit_normalizer(x, ["a", "b"], method, source="f.csv")
+
+
+def test_statistics_come_from_the_training_rows_only():
+    frame = load_table(DATA, ["t_u"], "t_c")
+    train_idx, _ = split_indices(len(frame), 0.2, seed=42)
+    x, _ = to_tensors(frame, ["t_u"], "t_c", torch.float64)
+    fitted = fit_normalizer(x[train_idx], ["t_u"], "zscore")
+    assert fitted.shift[0] == pytest.approx(float(x[train_idx].mean()))
+    assert fitted.shift[0] != pytest.approx(float(x.mean()))
+
+
+@pytest.mark.parametrize("method", ["none", "scale", "zscore", "minmax"])
+def test_fold_turns_normalised_params_into_original_units(method):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(20, 3, generator=g, dtype=torch.float64) * 5 + 2
+    n = fit_normalizer(x, ["a", "b", "c"], method, 0.1)
+    params = torch.randn(4, generator=g, dtype=torch.float64)
+    folded = n.fold(params)
+    assert_close(n.apply(x) @ params[:-1] + params[-1], x @ folded[:-1] + folded[-1])
+    assert Normalizer.from_dict(n.to_dict()) == n

@@ -1,0 +1,74 @@
+"""Tasks called through ``.fn``: the thin layer around the library does its own part right."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from prefect.logging import disable_run_logger
+
+from tasks.data import load_dataset, prepare_data
+from tasks.evaluate import evaluate_variants
+from tasks.train import train_variant
+from training.config import TrainSettings, check_settings
+from training.errors import ConfigError, DataError
+
+from .conftest import DATA
+
+
+@pytest.fixture(autouse=True)
+def _no_run_logger():
+    with disable_run_logger():
+        yield
+
+
+def test_load_dataset_records_the_absolute_source_and_hash():
+    loaded = load_dataset.fn(str(DATA), ["t_u"], "t_c")
+    assert loaded.source == str(DATA) and len(loaded.digest) == 64 and len(loaded.frame) == 11
+
+
+def test_load_dataset_does_not_retry_bad_data_but_would_retry_io(write):
+    assert load_dataset.retries == 2
+    with pytest.raises(DataError, match="column 't_u'"):
+        load_dataset.fn(write("bad.csv", "x,t_c\n1,2\n"), ["t_u"], "t_c")
+
+
+def test_prepare_data_splits_and_normalises_with_training_statistics():
+    loaded = load_dataset.fn(str(DATA), ["t_u"], "t_c")
+    p = prepare_data.fn(loaded, ["t_u"], "t_c", "zscore", 0.1, 0.2, 42)
+    assert len(p.y_train) == 9 and len(p.y_val) == 2 and p.has_val
+    assert p.x_train.mean().abs() < 1e-5  # zscore on the training rows
+    raw = torch.tensor(p.train_frame["t_u"].to_numpy(), dtype=torch.float32)
+    assert torch.allclose(p.normalizer.apply(raw.unsqueeze(1)), p.x_train)
+    assert set(p.train_frame["t_u"]).isdisjoint(set(p.val_frame["t_u"]))
+
+
+def test_train_and_evaluate_tasks_on_the_books_setting():
+    settings = TrainSettings(val_fraction=0.0, epochs=5000)
+    loaded = load_dataset.fn(str(DATA), ["t_u"], "t_c")
+    p = prepare_data.fn(loaded, ["t_u"], "t_c", "scale", 0.1, 0.0, 42)
+    timed = train_variant.fn("manual", p, settings)
+    assert timed.result.train_loss[-1] == pytest.approx(2.927648, abs=1e-5) and timed.seconds > 0
+    ev = evaluate_variants.fn([timed], p, settings)["manual"]
+    assert ev.optimum_mse == pytest.approx(2.9276455709, abs=1e-6)
+    assert 0 <= ev.optimum_gap < 1e-5
+    assert ev.grad_check_init < 1e-12 and ev.grad_check_final < 1e-12
+    assert ev.val == {}
+
+
+@pytest.mark.parametrize(
+    ("change", "pattern"),
+    [
+        ({"features": ("t_u", "t_c")}, "target 't_c' is also listed"),
+        ({"features": ()}, "features is empty"),
+        ({"optimizer": "Adamm"}, "unknown optimizer 'Adamm'"),
+        ({"optimizer_options": {"momentun": 0.9}}, "momentun"),
+        ({"val_fraction": 1.0}, "val_fraction"),
+        ({"epochs": 0}, "epochs"),
+        ({"lr": -1.0}, "lr must be > 0"),
+        ({"variants": ("manual", "newton")}, "unknown variant"),
+        ({"init_weight": (1.0, 2.0)}, "2 weights for 1 features"),
+    ],
+)
+def test_settings_are_checked_before_anything_runs(change, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        check_settings(TrainSettings(**change))

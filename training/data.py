@@ -1,0 +1,150 @@
+"""Reading and validating a table of numeric features and a target from CSV or Parquet."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from training.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+PARQUET_SUFFIXES = (".parquet", ".pq")
+CSV_SUFFIXES = (".csv", ".txt", ".tsv")
+
+
+def file_digest(path: str | Path) -> str:
+    """Return the SHA-256 of a file's bytes (the data version recorded with every run)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_frame(path: Path, source: str) -> pd.DataFrame:
+    if not path.exists():
+        raise DataError(source, "file not found")
+    if path.is_dir():
+        raise DataError(source, "is a directory; expected a CSV or Parquet file")
+    if path.stat().st_size == 0:
+        raise DataError(source, "the file is empty; expected a header row and at least one data row")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in PARQUET_SUFFIXES:
+            return pd.read_parquet(path)
+        if suffix in CSV_SUFFIXES:
+            return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+    except pd.errors.EmptyDataError as exc:
+        raise DataError(source, "the file has no columns (empty or blank)") from exc
+    except pd.errors.ParserError as exc:
+        raise DataError(source, f"not a well-formed CSV file: {str(exc).strip()}") from exc
+    except UnicodeDecodeError as exc:
+        raise DataError(source, f"not a text CSV file (cannot decode it as UTF-8: {exc.reason})") from exc
+    except (OSError, ValueError) as exc:
+        # pyarrow reports a corrupt or foreign Parquet file as ArrowInvalid (a ValueError) or OSError
+        raise DataError(source, f"cannot read the file: {exc}") from exc
+    supported = ", ".join(CSV_SUFFIXES + PARQUET_SUFFIXES)
+    raise DataError(source, f"unsupported file type '{suffix or '(none)'}'; expected one of {supported}")
+
+
+def _numeric_column(frame: pd.DataFrame, column: str, source: str) -> np.ndarray:
+    raw = frame[column]
+    if pd.api.types.is_bool_dtype(raw):
+        raise DataError(source, f"holds booleans ({raw.dtype}); expected numbers", column)
+    values = pd.to_numeric(raw, errors="coerce")
+    bad = values.isna() & raw.notna()
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DataError(source, f"non-numeric value {raw.iloc[row]!r} in data row {row + 1}", column)
+    missing = values.isna()
+    if missing.any():
+        rows = (np.flatnonzero(missing.to_numpy()) + 1).tolist()
+        raise DataError(source, f"missing value in data row(s) {_first_rows(rows)}", column)
+    array = values.to_numpy(dtype=np.float64)
+    infinite = ~np.isfinite(array)
+    if infinite.any():
+        rows = (np.flatnonzero(infinite) + 1).tolist()
+        raise DataError(source, f"infinite value in data row(s) {_first_rows(rows)}", column)
+    return array
+
+
+def _first_rows(rows: list[int], limit: int = 5) -> str:
+    shown = ", ".join(str(r) for r in rows[:limit])
+    return shown + (f" and {len(rows) - limit} more" if len(rows) > limit else "")
+
+
+def load_table(path: str | Path, features: list[str], target: str) -> pd.DataFrame:
+    """Read a CSV or Parquet file and return its feature and target columns as float64.
+
+    Args:
+        path: the data file; the suffix picks the reader (.csv/.txt/.tsv or .parquet/.pq).
+        features: input column names, in the order the model sees them.
+        target: the column to predict.
+
+    Returns:
+        A frame with exactly ``features + [target]``, float64, finite, at least one row.
+
+    Raises:
+        DataError: naming the file, the column and the problem, for a missing, empty, unreadable or
+            malformed file, a missing column, a non-numeric, missing or infinite value.
+    """
+    source = str(path)
+    frame = _read_frame(Path(path), source)
+    wanted = [*features, target]
+    absent = [c for c in wanted if c not in frame.columns]
+    if absent:
+        available = ", ".join(repr(str(c)) for c in frame.columns)
+        hint = ""
+        if len(frame.columns) == 1 and any(d in str(frame.columns[0]) for d in ";\t|"):
+            hint = (
+                " (one column whose name holds ';', tab or '|': is the delimiter something other than ','?)"
+            )
+        raise DataError(source, f"column not found; the file has columns: {available}{hint}", absent[0])
+    if len(frame) == 0:
+        raise DataError(source, "the file has a header but no data rows")
+    columns = {c: _numeric_column(frame, c, source) for c in wanted}
+    logger.info("loaded %s: %d rows, features %s, target %s", source, len(frame), features, target)
+    return pd.DataFrame(columns)
+
+
+def to_tensors(
+    frame: pd.DataFrame, features: list[str], target: str, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split a validated frame into inputs ``(n, features)`` and targets ``(n,)``."""
+    x = torch.tensor(frame[features].to_numpy(), dtype=dtype)  # (n, features)
+    y = torch.tensor(frame[target].to_numpy(), dtype=dtype)  # (n,)
+    return x, y
+
+
+def split_indices(
+    n: int, val_fraction: float, seed: int, source: str = "<data>"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shuffle ``n`` row indices with a seeded generator and cut off ``int(val_fraction * n)`` for validation.
+
+    The book's rule (``n_val = int(0.2 * n)``) with an explicit ``torch.Generator`` instead of global state.
+    Training needs at least two rows; a split with ``val_fraction > 0`` needs at least one validation row.
+
+    Raises:
+        DataError: when the table has too few rows for the requested split.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    n_val = int(val_fraction * n)
+    if val_fraction > 0 and n_val == 0:
+        need = next(m for m in range(n + 1, 10 * n + 100) if int(val_fraction * m) >= 1)
+        raise DataError(
+            source,
+            f"{n} data rows are too few for val_fraction={val_fraction}: it needs at least {need} rows "
+            "to hold one validation row (or set val_fraction=0)",
+        )
+    if n - n_val < 2:
+        raise DataError(source, f"{n} data rows leave {n - n_val} for training; training needs at least 2")
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(n, generator=generator)
+    return order[: n - n_val], order[n - n_val :]  # the book keeps the last n_val for validation

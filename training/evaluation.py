@@ -1,0 +1,73 @@
+"""Evaluation of a trained linear model against the data and against the exact least-squares optimum."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from training.model import gradient_gap, least_squares, mse, predict, regression_metrics
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Metrics of one trained variant; losses are in the target's units squared."""
+
+    train: dict[str, float]  # mse, rmse, mae, r2 on the training split
+    val: dict[str, float] = field(default_factory=dict)  # the same on the validation split, if any
+    optimum_mse: float = float("nan")  # training MSE of the closed-form least-squares fit
+    optimum_gap: float = float("nan")  # train mse - optimum_mse (>= 0 up to rounding)
+    grad_check_init: float = float("nan")  # relative manual-vs-autograd gradient gap at the initial params
+    grad_check_final: float = float("nan")  # ... and at the final params
+
+    def metrics(self) -> dict[str, float]:
+        """Flat metric names, as recorded: ``train_mse``, ``val_rmse``, ``optimum_gap``, ..."""
+        flat = {f"train_{k}": v for k, v in self.train.items()}
+        flat.update({f"val_{k}": v for k, v in self.val.items()})
+        flat.update(
+            optimum_mse=self.optimum_mse,
+            optimum_gap=self.optimum_gap,
+            grad_check_init=self.grad_check_init,
+            grad_check_final=self.grad_check_final,
+        )
+        return flat
+
+
+def optimum_mse(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Training MSE of the exact least-squares fit (float64)."""
+    x64, y64 = x.to(torch.float64), y.to(torch.float64)
+    return float(mse(predict(x64, least_squares(x64, y64)), y64))
+
+
+def evaluate(
+    params: torch.Tensor,
+    init: torch.Tensor,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_val: torch.Tensor | None = None,
+    y_val: torch.Tensor | None = None,
+    best_mse: float | None = None,
+) -> Evaluation:
+    """Evaluate final ``params`` (k + 1,) on normalised inputs ``x_*`` (n, k) and targets ``y_*`` (n,).
+
+    Args:
+        params: the trained ``[w..., b]``.
+        init: the starting ``[w..., b]``, for the gradient check at the start.
+        x_train: training inputs; y_train: training targets.
+        x_val: validation inputs, or None; y_val: validation targets.
+        best_mse: the optimum's training MSE if already computed (it is the same for every variant).
+    """
+    with torch.no_grad():
+        train = regression_metrics(y_train, predict(x_train.to(torch.float64), params.to(torch.float64)))
+        val = {}
+        if x_val is not None and y_val is not None and len(y_val) > 0:
+            val = regression_metrics(y_val, predict(x_val.to(torch.float64), params.to(torch.float64)))
+    best = optimum_mse(x_train, y_train) if best_mse is None else best_mse
+    return Evaluation(
+        train=train,
+        val=val,
+        optimum_mse=best,
+        optimum_gap=train["mse"] - best,
+        grad_check_init=gradient_gap(x_train, y_train, init),
+        grad_check_final=gradient_gap(x_train, y_train, params),
+    )
