@@ -1,0 +1,176 @@
+"""Benchmark: the pipeline against ../shared/baseline/seed_loops.py, the book's plain loops.
+
+1. Loops: the library's three variants (recording a loss per epoch) against the baseline's three loops,
+   5000 epochs on 0.1 * t_u, lr 1e-2, repeated; the ratio is library / baseline (below 1 is faster).
+2. Whole flow: ``python -m flows.run train`` (default configuration, embedded Prefect and MLflow, fresh
+   and then warm state) against one run of the baseline script; the overhead is split into phases read
+   off the flow's own log timestamps.
+
+Usage: ``make bench`` or ``.venv/bin/python benchmarks/bench_training.py [--repeats 5] [--skip-flow]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+BASELINE = REPO.parent / "shared" / "baseline" / "seed_loops.py"
+sys.path.insert(0, str(REPO))
+
+from training.data import load_table, to_tensors  # noqa: E402
+from training.loops import initial_params, train  # noqa: E402
+
+EPOCHS = 5000
+
+
+def baseline_functions() -> dict:
+    """The baseline script's data and loop functions, loaded into this process without its top-level run."""
+    tree = ast.parse(BASELINE.read_text())
+    tree.body = [node for node in tree.body if not isinstance(node, ast.For)]  # drop the timing loop
+    namespace: dict = {"__name__": "seed_loops"}
+    # its optim loop calls float() on a tensor that requires grad; torch warns, harmlessly
+    warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True to a scalar")
+    argv, sys.argv = sys.argv, [str(BASELINE), str(EPOCHS)]
+    try:
+        exec(compile(tree, str(BASELINE), "exec"), namespace)
+    finally:
+        sys.argv = argv
+    return namespace
+
+
+def baseline_loop_seconds(repeats: int) -> dict[str, float]:
+    """Median seconds per baseline loop, run in this process after the same warm-up as the library."""
+    ns = baseline_functions()
+    loops = {"manual": ns["manual"], "autograd": ns["autograd"], "optimizer": ns["optim"]}
+    times: dict[str, list[float]] = {}
+    for _ in range(repeats):
+        for name, loop in loops.items():
+            t0 = time.perf_counter()
+            loop(torch.tensor([1.0, 0.0]))
+            times.setdefault(name, []).append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def library_loop_seconds(repeats: int) -> dict[str, float]:
+    """Median seconds per library variant in this process, with the per-epoch curve recorded."""
+    frame = load_table(REPO / "data" / "thermometer.csv", ["t_u"], "t_c")
+    x, y = to_tensors(frame, ["t_u"], "t_c")
+    x = 0.1 * x
+    train("optimizer", x, y, lr=1e-2, epochs=2, init=initial_params(1))  # first SGD step imports torch._dynamo
+    times: dict[str, list[float]] = {}
+    for _ in range(repeats):
+        for variant in ("manual", "autograd", "optimizer"):
+            t0 = time.perf_counter()
+            r = train(variant, x, y, lr=1e-2, epochs=EPOCHS, init=initial_params(1))
+            times.setdefault(variant, []).append(time.perf_counter() - t0)
+            assert len(r.train_loss) == EPOCHS
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _stamp(line: str) -> float | None:
+    match = re.match(r"^(\d\d:\d\d:\d\d\.\d{3}) \|", line)
+    if not match:
+        return None
+    t = datetime.strptime(match.group(1), "%H:%M:%S.%f")
+    return t.hour * 3600 + t.minute * 60 + t.second + t.microsecond / 1e6
+
+
+def flow_phases(log: str) -> dict[str, float]:
+    """Seconds spent in each phase of one flow run, from its log timestamps."""
+    marks: dict[str, float] = {}
+    patterns = {
+        "server_start": "Starting temporary server",
+        "flow_begin": "Beginning flow run",
+        "tracking_started": "Task run 'start-mlflow-run' - Finished",
+        "trained": "Task run 'train-optimizer' - Finished",
+        "evaluated": "Task run 'evaluate' - Finished",
+        "recorded": "Task run 'finish-mlflow-run' - Finished",
+        "flow_end": "Flow run '.*' - Finished in state",
+        "server_stop": "Stopping temporary server",
+    }
+    for line in log.splitlines():
+        stamp = _stamp(line)
+        if stamp is None:
+            continue
+        for key, pattern in patterns.items():
+            if re.search(pattern, line):
+                marks[key] = stamp
+    spans = [
+        ("prefect temporary server start", "server_start", "flow_begin"),
+        ("load + split + MLflow parent run", "flow_begin", "tracking_started"),
+        ("training (3 variants)", "tracking_started", "trained"),
+        ("evaluation", "trained", "evaluated"),
+        ("MLflow child runs, plots, models, report", "evaluated", "recorded"),
+        ("flow teardown", "recorded", "flow_end"),
+    ]
+    return {name: marks[b] - marks[a] for name, a, b in spans if a in marks and b in marks}
+
+
+def run_flow(env: dict[str, str]) -> tuple[float, str]:
+    t0 = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-m", "flows.run", "train"], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    seconds = time.perf_counter() - t0
+    if out.returncode != 0:
+        raise SystemExit(f"flow failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return seconds, out.stdout + out.stderr
+
+
+def import_seconds(module: str) -> float:
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", f"import {module}"], cwd=REPO, check=True)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--skip-flow", action="store_true")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, {EPOCHS} epochs, median of {args.repeats}\n")
+
+    lib = library_loop_seconds(args.repeats)  # warms up torch.optim (its first step imports torch._dynamo)
+    base = baseline_loop_seconds(args.repeats)
+    print(f"{'loop':<10} {'baseline s':>11} {'library s':>10} {'ratio':>6}  (library records every epoch's loss)")
+    for variant in ("manual", "autograd", "optimizer"):
+        print(f"{variant:<10} {base[variant]:>11.3f} {lib[variant]:>10.3f} {lib[variant] / base[variant]:>6.2f}")
+
+    if args.skip_flow:
+        return
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, str(BASELINE)], capture_output=True, check=True)
+    script = time.perf_counter() - t0
+    print(f"\nbaseline script, whole process: {script:.2f} s")
+    print(f"import torch: {import_seconds('torch'):.2f} s; import flows.train (torch + prefect + mlflow): "
+          f"{import_seconds('flows.train'):.2f} s")
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {
+            **os.environ,
+            "PREFECT_HOME": f"{tmp}/prefect",
+            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db",
+            "PIPELINE_ARTIFACT_ROOT": f"{tmp}/mlartifacts",
+        }
+        env.pop("PREFECT_API_URL", None)
+        for label in ("cold (fresh Prefect and MLflow databases)", "warm (databases exist)"):
+            seconds, log = run_flow(env)
+            print(f"\nflow, {label}: {seconds:.2f} s = {seconds / script:.1f}x the baseline script")
+            for phase, span in flow_phases(log).items():
+                print(f"  {phase:<42} {span:6.2f} s")
+
+
+if __name__ == "__main__":
+    main()
