@@ -69,7 +69,9 @@ def library_loop_seconds(repeats: int) -> dict[str, float]:
     frame = load_table(REPO / "data" / "thermometer.csv", ["t_u"], "t_c")
     x, y = to_tensors(frame, ["t_u"], "t_c")
     x = 0.1 * x
-    train("optimizer", x, y, lr=1e-2, epochs=2, init=initial_params(1))  # first SGD step imports torch._dynamo
+    train(
+        "optimizer", x, y, lr=1e-2, epochs=2, init=initial_params(1)
+    )  # first SGD step imports torch._dynamo
     times: dict[str, list[float]] = {}
     for _ in range(repeats):
         for variant in ("manual", "autograd", "optimizer"):
@@ -145,9 +147,11 @@ def main() -> None:
 
     lib = library_loop_seconds(args.repeats)  # warms up torch.optim (its first step imports torch._dynamo)
     base = baseline_loop_seconds(args.repeats)
-    print(f"{'loop':<10} {'baseline s':>11} {'library s':>10} {'ratio':>6}  (library records every epoch's loss)")
+    print(f"{'loop':<10} {'baseline s':>11} {'library s':>10} {'ratio':>6}  (library records each epoch)")
     for variant in ("manual", "autograd", "optimizer"):
-        print(f"{variant:<10} {base[variant]:>11.3f} {lib[variant]:>10.3f} {lib[variant] / base[variant]:>6.2f}")
+        print(
+            f"{variant:<10} {base[variant]:>11.3f} {lib[variant]:>10.3f} {lib[variant] / base[variant]:>6.2f}"
+        )
 
     if args.skip_flow:
         return
@@ -155,8 +159,10 @@ def main() -> None:
     subprocess.run([sys.executable, str(BASELINE)], capture_output=True, check=True)
     script = time.perf_counter() - t0
     print(f"\nbaseline script, whole process: {script:.2f} s")
-    print(f"import torch: {import_seconds('torch'):.2f} s; import flows.train (torch + prefect + mlflow): "
-          f"{import_seconds('flows.train'):.2f} s")
+    print(
+        f"import torch: {import_seconds('torch'):.2f} s; import flows.train (torch + prefect + mlflow): "
+        f"{import_seconds('flows.train'):.2f} s"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         env = {
             **os.environ,
