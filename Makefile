@@ -44,3 +44,43 @@ bench: setup
 ## Delete local runtime state (Prefect home, MLflow database and artifacts).
 clean-state:
 	rm -rf .prefect mlflow.db mlartifacts mlruns
+
+# ---- servers, deployments, workers (see README: "Local servers" and "Scheduling") ----------------------------
+
+PREFECT_API_URL     ?= http://127.0.0.1:4200/api
+PIPELINE_MLFLOW_URI ?= http://127.0.0.1:5000
+WORK_POOL           ?= thermometer
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+
+.PHONY: ui stop status deploy worker serve chromium
+
+## Start a Prefect server (127.0.0.1:4200) and an MLflow server (127.0.0.1:5000) in the background.
+ui: setup
+	@$(PY) -m ops.servers up
+
+## Stop the servers `make ui` started.
+stop: setup
+	@$(PY) -m ops.servers down
+
+status: setup
+	@$(PY) -m ops.servers status
+
+## Create the work pool if missing and apply prefect.yaml (needs `make ui`, or PREFECT_API_URL set to a server).
+deploy: setup
+	@PREFECT_API_URL=$(PREFECT_API_URL) $(VENV)/bin/prefect work-pool inspect $(WORK_POOL) > /dev/null 2>&1 \
+		|| PREFECT_API_URL=$(PREFECT_API_URL) $(VENV)/bin/prefect work-pool create $(WORK_POOL) --type process
+	PREFECT_API_URL=$(PREFECT_API_URL) PIPELINE_DIR=$(CURDIR) PIPELINE_MLFLOW_URI=$(PIPELINE_MLFLOW_URI) \
+		$(VENV)/bin/prefect --no-prompt deploy --all
+
+## Start a worker for the pool; it runs scheduled and triggered flow runs.
+worker: setup
+	PREFECT_API_URL=$(PREFECT_API_URL) PATH=$(CURDIR)/$(VENV)/bin:$$PATH \
+		$(VENV)/bin/prefect worker start --pool $(WORK_POOL) --type process
+
+## Serve every deployment in prefect.yaml from this one process, on its schedule (no work pool needed).
+serve: setup
+	PREFECT_API_URL=$(PREFECT_API_URL) MLFLOW_TRACKING_URI=$(PIPELINE_MLFLOW_URI) $(PY) -m flows.serve
+
+## Debian's chromium, for the browser tests and screenshots (installed when missing).
+chromium:
+	@command -v chromium > /dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium > /dev/null; }

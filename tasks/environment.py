@@ -29,6 +29,18 @@ DEFAULTS: dict[str, str] = {
 
 
 def apply_defaults(environ: os._Environ | dict = os.environ) -> None:
-    """Set each default that the environment does not already set."""
+    """Set each default that the environment does not already set.
+
+    While ``make ui``'s servers run (see ``ops.servers``), they are the defaults instead: flow runs then
+    appear in the Prefect UI and record to the MLflow server; ``PIPELINE_DETECT_SERVERS=false`` turns that
+    off.
+    """
+    if environ.get("PIPELINE_DETECT_SERVERS", "true").lower() not in ("false", "0", "no"):
+        from ops.servers import recorded
+
+        if prefect := recorded("prefect"):
+            environ.setdefault("PREFECT_API_URL", prefect.url)
+        if mlflow := recorded("mlflow"):
+            environ.setdefault("MLFLOW_TRACKING_URI", mlflow.url)
     for key, value in DEFAULTS.items():
         environ.setdefault(key, value)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import deployment, flow_run
+from prefect.settings import get_current_settings
 
 from tasks import plots, tracking
 from tasks.data import LoadedData, PreparedData
@@ -45,6 +46,23 @@ def _prefect_tags() -> dict[str, str]:
     return tags
 
 
+def provenance() -> str:
+    """A markdown line: which Prefect flow run (and deployment) produced the run, linked when a UI exists."""
+    run_id, name = flow_run.get_id(), flow_run.get_name()
+    ui = get_current_settings().ui_url
+    who = f"[{name}]({ui}/runs/flow-run/{run_id})" if ui and run_id else f"{name} (`{run_id}`)"
+    line = f"Produced by Prefect flow run {who}"
+    if deployment.get_name():
+        dep_id = deployment.get_id()
+        dep = (
+            f"[{deployment.get_name()}]({ui}/deployments/deployment/{dep_id})"
+            if ui
+            else deployment.get_name()
+        )
+        line += f" of deployment {dep}"
+    return line + "."
+
+
 @task(
     name="start-mlflow-run",
     task_run_name="start-mlflow-run",
@@ -58,6 +76,7 @@ def start_tracking(settings: TrainSettings, loaded: LoadedData) -> Tracking:
     experiment_id = tracking.ensure_experiment(settings.experiment)
     tags = {**_prefect_tags(), "data_hash": loaded.digest, "data_source": loaded.source}
     run_name = tags["prefect.flow_run_name"] or "train"
+    tags["mlflow.note.content"] = provenance()
     run_id = tracking.start_run(experiment_id, run_name, tags, settings.as_params())
     tracking.log_dataset(run_id, loaded.frame, loaded.source, loaded.digest, settings.target, "training")
     url = tracking.run_url(run_id, experiment_id)
@@ -150,17 +169,21 @@ def finish_tracking(
     )
     metrics = {"variants_converged": float(len(evaluations))}
     if evaluations:
+        # the best variant's headline numbers; each child run holds its own full set
         metrics["optimum_mse"] = optimum
-        metrics.update(
-            {f"{v}_{k}": value for v, ev in evaluations.items() for k, value in ev.metrics().items()}
-        )
+        metrics["best_train_mse"] = min(ev.train["mse"] for ev in evaluations.values())
+        if any(ev.val for ev in evaluations.values()):
+            metrics["best_val_mse"] = min(ev.val["mse"] for ev in evaluations.values())
+            metrics["best_val_rmse"] = min(ev.val["rmse"] for ev in evaluations.values())
     tracking.log_metrics(run.parent_run_id, metrics)
     status = tracking.FINISHED if evaluations else tracking.FAILED
-    tracking.end_run(run.parent_run_id, status, note=summary)
+    tracking.end_run(run.parent_run_id, status, note=f"{provenance()}\n\n{summary}")
     return status
 
 
 @task(name="abort-mlflow-run", task_run_name="abort-mlflow-run", cache_policy=NO_CACHE)
 def abort_tracking(run: Tracking, reason: str) -> None:
     """Mark the parent run FAILED with the reason, so no run is left RUNNING."""
-    tracking.end_run(run.parent_run_id, tracking.FAILED, note=f"The flow run failed: {reason}")
+    tracking.end_run(
+        run.parent_run_id, tracking.FAILED, note=f"{provenance()}\n\nThe flow run failed: {reason}"
+    )

@@ -60,7 +60,10 @@ def ensure_experiment(name: str) -> str:
     if root and not tracking_uri().startswith(("http://", "https://", "databricks")):
         location = Path(root, name).resolve().as_uri()
     try:
-        return c.create_experiment(name, artifact_location=location)
+        # the kind makes the MLflow UI open it as a model-training experiment, not a GenAI one
+        return c.create_experiment(
+            name, artifact_location=location, tags={"mlflow.experimentKind": "custom_model_development"}
+        )
     except mlflow.exceptions.MlflowException:
         # another run created it between our lookup and our create
         existing = c.get_experiment_by_name(name)

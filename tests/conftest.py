@@ -24,6 +24,8 @@ os.environ.update(
         "MLFLOW_DISABLE_TELEMETRY": "true",
         # the models this project logs must load without unpickling anything
         "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
+        # never pick up the user's `make ui` servers
+        "PIPELINE_DETECT_SERVERS": "false",
     }
 )
 for var in ("PREFECT_API_URL", "PREFECT_API_KEY"):

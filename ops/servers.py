@@ -1,0 +1,287 @@
+"""Start, stop and find the local Prefect server and MLflow tracking server.
+
+``python -m ops.servers up`` (``make ui``) starts both in the background on the stores that ``make run``
+writes to, so earlier runs show up in both UIs; ``down`` (``make stop``) stops exactly those processes,
+found through their state files in ``.run/``; ``status`` says what runs. The tests use the same functions
+to start servers on free loopback ports with temporary stores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RUN_DIR = REPO / ".run"
+BIN = Path(sys.executable).parent
+LOOPBACK = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Server:
+    """A server process started by this module."""
+
+    name: str  # "prefect" or "mlflow"
+    pid: int  # leader of its process group
+    url: str  # base URL (Prefect: the API URL, ending in /api)
+    ui: str  # what to open in a browser
+    log: str  # its log file
+
+
+def free_port() -> int:
+    """A TCP port that was free on the loopback interface a moment ago."""
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+def prefect_command(host: str, port: int) -> list[str]:
+    """``prefect server start`` on ``host:port`` with analytics off."""
+    return [str(BIN / "prefect"), "server", "start", "--host", host, "--port", str(port), "--analytics-off"]
+
+
+def prefect_env(home: Path | str, api_url: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment for a Prefect server whose database lives in ``home`` (``<home>/prefect.db``).
+
+    ``api_url`` is what its UI calls; without it the UI of a server on any port talks to 127.0.0.1:4200.
+    """
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_API_URL": api_url,
+        **(extra or {}),
+    }
+    env.pop("PREFECT_API_URL", None)
+    return env
+
+
+def mlflow_command(
+    host: str, port: int, backend_uri: str, artifacts: Path | str, app: str | None = None
+) -> list[str]:
+    """``mlflow server`` with one worker, proxying artifacts from ``artifacts`` (``mlflow-artifacts:/``)."""
+    cmd = [str(BIN / "mlflow"), "server", "--host", host, "--port", str(port), "--workers", "1"]
+    cmd += [
+        "--backend-store-uri",
+        backend_uri,
+        "--artifacts-destination",
+        str(artifacts),
+        "--serve-artifacts",
+    ]
+    return cmd + (["--app-name", app] if app else [])
+
+
+def mlflow_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment for an MLflow server: no job execution (12 processes and 3 GB otherwise), no telemetry."""
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return {**env, **(extra or {})}
+
+
+def spawn(cmd: list[str], env: Mapping[str, str], log: Path) -> subprocess.Popen:
+    """Start ``cmd`` in its own process group, its output appended to ``log``."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            cmd,
+            env=dict(env),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=REPO,
+        )
+
+
+def wait_http(
+    url: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None
+) -> None:
+    """Wait until ``url`` answers 2xx; fail early with the log's tail if the process exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{' '.join(proc.args[:3])} exited with {proc.returncode}:\n{_tail(log)}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if 200 <= response.status < 300:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s:\n{_tail(log)}")
+
+
+def _tail(log: Path | None, lines: int = 30) -> str:
+    if log is None or not Path(log).exists():
+        return ""
+    return "\n".join(Path(log).read_text(errors="replace").splitlines()[-lines:])
+
+
+def stop_group(pid: int, timeout: float = 20.0) -> None:
+    """SIGTERM the process group led by ``pid``, then SIGKILL whatever is left after ``timeout``."""
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pid, 0)
+            except ProcessLookupError:
+                return
+            _reap(pid)
+            time.sleep(0.2)
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+@contextmanager
+def running(
+    cmd: list[str], env: Mapping[str, str], log: Path, health: str, timeout: float = 120
+) -> Iterator[subprocess.Popen]:
+    """Run a server for the duration of a ``with`` block; it is stopped on exit, also on error."""
+    proc = spawn(cmd, env, log)
+    try:
+        wait_http(health, timeout, proc, log)
+        yield proc
+    finally:
+        stop_group(proc.pid)
+        proc.wait(timeout=10)
+
+
+# --- the user's servers: state files in .run/ -------------------------------------------------------------
+
+
+def _state_file(name: str) -> Path:
+    return RUN_DIR / f"{name}.json"
+
+
+def alive(pid: int) -> bool:
+    """True when a process with this pid exists (and is not a zombie of ours)."""
+    _reap(pid)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recorded(name: str) -> Server | None:
+    """The server ``name`` that ``up`` started, if it is still running."""
+    path = _state_file(name)
+    if not path.exists():
+        return None
+    server = Server(**json.loads(path.read_text()))
+    return server if alive(server.pid) else None
+
+
+def up(
+    prefect_host: str = LOOPBACK,
+    prefect_port: int = 4200,
+    mlflow_host: str = LOOPBACK,
+    mlflow_port: int = 5000,
+) -> list[Server]:
+    """Start both servers in the background on the repository's stores (unless already running)."""
+    from tasks.environment import DEFAULTS  # the stores that `make run` writes to
+
+    started = []
+    specs = [
+        (
+            "prefect",
+            prefect_command(prefect_host, prefect_port),
+            prefect_env(DEFAULTS["PREFECT_HOME"], f"http://{_connect(prefect_host)}:{prefect_port}/api"),
+            f"http://{_connect(prefect_host)}:{prefect_port}/api",
+            f"http://{_connect(prefect_host)}:{prefect_port}",
+        ),
+        (
+            "mlflow",
+            mlflow_command(
+                mlflow_host, mlflow_port, DEFAULTS["MLFLOW_TRACKING_URI"], DEFAULTS["PIPELINE_ARTIFACT_ROOT"]
+            ),
+            mlflow_env(),
+            f"http://{_connect(mlflow_host)}:{mlflow_port}",
+            f"http://{_connect(mlflow_host)}:{mlflow_port}",
+        ),
+    ]
+    for name, cmd, env, url, ui in specs:
+        existing = recorded(name)
+        if existing:
+            started.append(existing)
+            continue
+        log = RUN_DIR / f"{name}.log"
+        proc = spawn(cmd, env, log)
+        server = Server(name=name, pid=proc.pid, url=url, ui=ui, log=str(log))
+        _state_file(name).write_text(json.dumps(asdict(server)))
+        started.append(server)
+    for server in started:
+        wait_http(server.url.rstrip("/") + "/health", 120, None, Path(server.log))
+    return started
+
+
+def _connect(host: str) -> str:
+    return LOOPBACK if host in ("0.0.0.0", "::", "") else host
+
+
+def down() -> list[str]:
+    """Stop the servers that ``up`` started (by their recorded process groups); return what was stopped."""
+    stopped = []
+    for name in ("prefect", "mlflow"):
+        path = _state_file(name)
+        if not path.exists():
+            continue
+        server = Server(**json.loads(path.read_text()))
+        if alive(server.pid):
+            stop_group(server.pid)
+            stopped.append(f"{name} (pid {server.pid})")
+        path.unlink()
+    return stopped
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: up, down, status."""
+    parser = argparse.ArgumentParser(prog="python -m ops.servers", description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("--prefect-host", default=os.environ.get("PREFECT_HOST", LOOPBACK))
+    parser.add_argument("--prefect-port", type=int, default=int(os.environ.get("PREFECT_PORT", 4200)))
+    parser.add_argument("--mlflow-host", default=os.environ.get("MLFLOW_HOST", LOOPBACK))
+    parser.add_argument("--mlflow-port", type=int, default=int(os.environ.get("MLFLOW_PORT", 5000)))
+    args = parser.parse_args(argv)
+    if args.command == "up":
+        servers = up(args.prefect_host, args.prefect_port, args.mlflow_host, args.mlflow_port)
+        for s in servers:
+            print(f"{s.name:<8} {s.ui:<28} pid {s.pid:<8} log {os.path.relpath(s.log)}")
+        print("make run, make worker and make deploy now use these servers; make stop stops them.")
+    elif args.command == "down":
+        stopped = down()
+        print("stopped: " + ", ".join(stopped) if stopped else "no servers were running")
+    else:
+        for name in ("prefect", "mlflow"):
+            s = recorded(name)
+            print(
+                f"{name:<8} "
+                + (f"{s.ui} (pid {s.pid}, log {os.path.relpath(s.log)})" if s else "not running")
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,327 @@
+"""Scheduled runs, the Prefect UI and the MLflow browser, proven against real servers.
+
+A real ``prefect server start`` and a real ``mlflow server`` are started on free loopback ports with
+temporary stores; the real prefect.yaml is deployed (only ``epochs`` overridden, to be fast); a real
+process worker runs a triggered flow run; then the Prefect API, the MLflow server and a headless
+Chromium rendering both UIs are checked. Every process is stopped at the end, also when a test fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from ops import servers
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+EPOCHS = 200
+
+pytestmark = pytest.mark.integration
+
+
+class Stack:
+    """The servers of this module, their URLs and environment for clients."""
+
+    def __init__(self, tmp: Path, prefect_port: int, mlflow_port: int) -> None:
+        self.tmp = tmp
+        self.prefect_api = f"http://127.0.0.1:{prefect_port}/api"
+        self.prefect_ui = f"http://127.0.0.1:{prefect_port}"
+        self.mlflow = f"http://127.0.0.1:{mlflow_port}"
+        self.client_env = {
+            **os.environ,
+            "PREFECT_API_URL": self.prefect_api,
+            "PREFECT_HOME": str(tmp / "client-home"),
+            "MLFLOW_TRACKING_URI": self.mlflow,
+            "PIPELINE_DIR": str(REPO),
+            "PIPELINE_MLFLOW_URI": self.mlflow,
+            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        }
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        out = subprocess.run(
+            [str(BIN / "prefect"), *args],
+            cwd=REPO,
+            env=self.client_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        assert out.returncode == 0, f"prefect {' '.join(args)}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+        return out
+
+    def api(self, coroutine_fn):
+        """Run ``coroutine_fn(client)`` against this Prefect server."""
+        from prefect.client.orchestration import PrefectClient
+
+        async def go():
+            async with PrefectClient(self.prefect_api) as client:
+                return await coroutine_fn(client)
+
+        return asyncio.run(go())
+
+
+@pytest.fixture(scope="module")
+def stack():
+    tmp = Path(tempfile.mkdtemp(prefix="thermo-servers-"))
+    s = Stack(tmp, servers.free_port(), servers.free_port())
+    prefect_port, mlflow_port = int(s.prefect_ui.rsplit(":", 1)[1]), int(s.mlflow.rsplit(":", 1)[1])
+    with ExitStack() as stop:
+        # start both, then wait for both: their start-ups overlap
+        procs = [
+            (
+                servers.spawn(
+                    servers.prefect_command("127.0.0.1", prefect_port),
+                    servers.prefect_env(tmp / "prefect-server", s.prefect_api),
+                    tmp / "prefect.log",
+                ),
+                f"{s.prefect_api}/health",
+                tmp / "prefect.log",
+            ),
+            (
+                servers.spawn(
+                    servers.mlflow_command(
+                        "127.0.0.1", mlflow_port, f"sqlite:///{tmp}/mlflow.db", tmp / "artifacts"
+                    ),
+                    servers.mlflow_env(),
+                    tmp / "mlflow.log",
+                ),
+                f"{s.mlflow}/health",
+                tmp / "mlflow.log",
+            ),
+        ]
+        for proc, _, _ in procs:
+            stop.callback(servers.stop_group, proc.pid)
+        for proc, health, log in procs:
+            servers.wait_http(health, 180, proc, log)
+        s.procs = [p for p, _, _ in procs]
+        yield s
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def deployed(stack):
+    """The work pool created and the real prefect.yaml deployed, as `make deploy` does."""
+    stack.cli("work-pool", "create", "thermometer", "--type", "process")
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    for deployment in spec["deployments"]:
+        deployment["parameters"]["epochs"] = EPOCHS  # the one override: keep the test fast
+    fast = stack.tmp / "prefect.yaml"
+    fast.write_text(yaml.safe_dump(spec, sort_keys=False))
+    stack.cli("--no-prompt", "deploy", "--all", "--prefect-file", str(fast), timeout=180)
+    return spec
+
+
+@pytest.fixture(scope="module")
+def finished_run(stack, deployed):
+    """One triggered run of the nightly deployment, executed by a real process worker."""
+    from prefect.deployments import run_deployment
+
+    async def trigger(client):
+        return await run_deployment("train/nightly", timeout=0, client=client)
+
+    flow_run = stack.api(trigger)
+    worker = servers.spawn(
+        [str(BIN / "prefect"), "worker", "start", "--pool", "thermometer", "--type", "process"],
+        stack.client_env,
+        stack.tmp / "worker.log",
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            run = stack.api(lambda c: c.read_flow_run(flow_run.id))
+            if run.state is not None and run.state.is_final():
+                break
+            assert worker.poll() is None, (stack.tmp / "worker.log").read_text()[-3000:]
+            time.sleep(1)
+        else:
+            pytest.fail(f"flow run not finished in time:\n{(stack.tmp / 'worker.log').read_text()[-3000:]}")
+    finally:
+        servers.stop_group(worker.pid)
+    return run
+
+
+def test_servers_bind_to_loopback_only(stack):
+    for proc in stack.procs:
+        assert "127.0.0.1" in proc.args and "0.0.0.0" not in proc.args
+
+
+def test_every_deployment_exists_with_its_cron_schedule_and_upcoming_runs(stack, deployed):
+    async def read(client):
+        deployments = {d.name: d for d in await client.read_deployments()}
+        from prefect.client.schemas.filters import (
+            DeploymentFilter,
+            DeploymentFilterId,
+            FlowRunFilter,
+            FlowRunFilterState,
+            FlowRunFilterStateName,
+        )
+
+        upcoming = {}
+        for name, d in deployments.items():
+            upcoming[name] = await client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[d.id])),
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Scheduled"]))
+                ),
+            )
+        return deployments, upcoming
+
+    expected = {d["name"]: d for d in deployed["deployments"]}
+    deadline = time.monotonic() + 90
+    while True:
+        deployments, upcoming = stack.api(read)
+        if all(upcoming.get(name) for name in expected) or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert set(deployments) == set(expected)
+    for name, spec in expected.items():
+        d = deployments[name]
+        [schedule] = d.schedules
+        assert schedule.active and schedule.schedule.cron == spec["schedules"][0]["cron"]
+        assert schedule.schedule.timezone == "UTC"
+        assert d.work_pool_name == "thermometer"
+        assert d.parameters["epochs"] == EPOCHS  # the one override; everything else from the file
+        assert d.parameters["optimizer"] == spec["parameters"]["optimizer"]
+        assert d.job_variables["env"]["MLFLOW_TRACKING_URI"] == stack.mlflow
+        assert d.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}]
+        assert d.concurrency_options.collision_strategy.value == "CANCEL_NEW"
+        assert d.global_concurrency_limit is not None and d.global_concurrency_limit.limit == 1
+        runs = upcoming[name]
+        assert runs, f"the scheduler created no upcoming runs for {name}"
+        assert all(r.expected_start_time.timestamp() > time.time() for r in runs)
+
+
+def test_triggered_run_completes_with_named_tasks_and_artifacts(stack, finished_run):
+    assert finished_run.state.is_completed(), finished_run.state.message
+
+    async def read(client):
+        from prefect.client.schemas.filters import (
+            ArtifactFilter,
+            ArtifactFilterFlowRunId,
+            FlowRunFilter,
+            FlowRunFilterId,
+        )
+
+        tasks = await client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[finished_run.id]))
+        )
+        artifacts = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[finished_run.id]))
+        )
+        return tasks, artifacts
+
+    tasks, artifacts = stack.api(read)
+    names = {t.name for t in tasks}
+    assert {
+        "load-dataset",
+        "split-normalize",
+        "start-mlflow-run",
+        "train-manual",
+        "train-autograd",
+        "train-optimizer",
+        "evaluate",
+        "log-manual",
+        "log-autograd",
+        "log-optimizer",
+        "report",
+        "finish-mlflow-run",
+    } <= names
+    assert all(t.state.is_completed() for t in tasks)
+    by_key = {a.key: a for a in artifacts}
+    assert {"training-comparison", "training-summary", "mlflow-run"} <= set(by_key)
+    assert f"({stack.mlflow}/#/experiments/" in by_key["mlflow-run"].data  # a link to the parent run
+
+
+def test_mlflow_server_holds_the_runs_curves_plots_and_a_loadable_model(stack, finished_run):
+    import mlflow
+    from mlflow import MlflowClient
+
+    client = MlflowClient(stack.mlflow)
+    experiment = client.get_experiment_by_name("thermometer")
+    assert experiment.artifact_location.startswith("mlflow-artifacts:")  # proxied by the server
+    runs = client.search_runs([experiment.experiment_id])
+    [parent] = [
+        r
+        for r in runs
+        if r.data.tags.get("prefect.flow_run_id") == str(finished_run.id)
+        and "mlflow.parentRunId" not in r.data.tags
+    ]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.info.status == "FINISHED" and parent.data.tags["prefect.deployment"] == "nightly"
+    note = parent.data.tags["mlflow.note.content"]
+    assert f"{stack.prefect_ui}/runs/flow-run/{finished_run.id}" in note and "deployment [nightly]" in note
+    assert sorted(r.data.tags["variant"] for r in children) == ["autograd", "manual", "optimizer"]
+    for child in children:
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "train_loss")]
+        assert sorted(steps) == list(range(1, EPOCHS + 1))
+        assert {"loss_curve.png", "fit.png"} <= {a.path for a in client.list_artifacts(child.info.run_id)}
+    png = client.download_artifacts(parent.info.run_id, "loss_curves.png", str(stack.tmp))
+    assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    mlflow.set_tracking_uri(stack.mlflow)
+    try:
+        model = mlflow.pyfunc.load_model(children[0].data.tags["model_uri"])
+    finally:
+        mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    m = children[0].data.metrics
+    predicted = model.predict(pd.DataFrame({"t_u": [35.7, 81.9]}))["t_c"].tolist()
+    assert predicted == pytest.approx([m["coef_t_u"] * u + m["intercept"] for u in (35.7, 81.9)], abs=1e-4)
+
+
+def chromium_dom(url: str) -> str:
+    """The page as headless Chromium renders it, after its scripts have run."""
+    browser = shutil.which("chromium")
+    assert browser, "chromium is missing: `make test` installs it (make chromium)"
+    with tempfile.TemporaryDirectory() as profile:
+        out = subprocess.run(
+            [
+                browser,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={profile}",
+                "--virtual-time-budget=20000",
+                "--dump-dom",
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    return out.stdout
+
+
+def test_both_uis_render_the_run_in_a_real_browser(stack, finished_run):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(stack.mlflow)
+    experiment = client.get_experiment_by_name("thermometer")
+    [parent] = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`prefect.flow_run_id` = '{finished_run.id}' "
+        "and tags.`prefect.flow_run_name` != ''",
+        max_results=1,
+    )
+    mlflow_page = chromium_dom(
+        f"{stack.mlflow}/#/experiments/{experiment.experiment_id}/runs/{parent.info.run_id}"
+    )
+    assert "thermometer" in mlflow_page and finished_run.name in mlflow_page
+    prefect_page = chromium_dom(f"{stack.prefect_ui}/runs/flow-run/{finished_run.id}")
+    assert finished_run.name in prefect_page and "nightly" in prefect_page
