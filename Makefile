@@ -23,8 +23,8 @@ $(STAMP): pyproject.toml
 run: setup
 	$(PY) -m flows.run train $(ARGS)
 
-## The whole suite: unit tests, task tests, flow tests and ruff.
-test: setup
+## The whole suite: unit tests, task tests, flow tests, real-server and browser tests, and ruff.
+test: setup chromium
 	$(PY) -m pytest
 
 ## Unit tests only (seconds).
@@ -50,9 +50,9 @@ clean-state:
 PREFECT_API_URL     ?= http://127.0.0.1:4200/api
 PIPELINE_MLFLOW_URI ?= http://127.0.0.1:5000
 WORK_POOL           ?= thermometer
-export PREFECT_HOME ?= $(CURDIR)/.prefect
+export PREFECT_HOME ?= $(or $(PIPELINE_STATE_DIR),$(CURDIR))/.prefect
 
-.PHONY: ui stop status deploy worker serve chromium
+.PHONY: ui stop status deploy worker serve chromium screenshots
 
 ## Start a Prefect server (127.0.0.1:4200) and an MLflow server (127.0.0.1:5000) in the background.
 ui: setup
@@ -84,3 +84,7 @@ serve: setup
 ## Debian's chromium, for the browser tests and screenshots (installed when missing).
 chromium:
 	@command -v chromium > /dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium > /dev/null; }
+
+## Screenshots of both UIs for the README (needs `make ui` and one completed deployment run).
+screenshots: setup chromium
+	$(PY) -m ops.screenshots

@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-RUN_DIR = REPO / ".run"
 BIN = Path(sys.executable).parent
 LOOPBACK = "127.0.0.1"
 
@@ -169,8 +168,13 @@ def running(
 # --- the user's servers: state files in .run/ -------------------------------------------------------------
 
 
-def _state_file(name: str) -> Path:
-    return RUN_DIR / f"{name}.json"
+def run_dir(environ: Mapping[str, str] = os.environ) -> Path:
+    """Where ``up`` keeps state files and logs: ``.run/`` in the state directory (the repository)."""
+    return Path(environ.get("PIPELINE_STATE_DIR") or REPO).resolve() / ".run"
+
+
+def _state_file(name: str, environ: Mapping[str, str] = os.environ) -> Path:
+    return run_dir(environ) / f"{name}.json"
 
 
 def alive(pid: int) -> bool:
@@ -185,13 +189,25 @@ def alive(pid: int) -> bool:
     return True
 
 
-def recorded(name: str) -> Server | None:
+def recorded(name: str, environ: Mapping[str, str] = os.environ) -> Server | None:
     """The server ``name`` that ``up`` started, if it is still running."""
-    path = _state_file(name)
+    path = _state_file(name, environ)
     if not path.exists():
         return None
     server = Server(**json.loads(path.read_text()))
     return server if alive(server.pid) else None
+
+
+def local_stores() -> tuple[str, str, str]:
+    """``(PREFECT_HOME, MLflow backend store URI, artifact directory)``: the stores ``make run`` writes to."""
+    import tasks  # noqa: F401  (applies the embedded defaults to os.environ)
+
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    if uri.startswith(("http://", "https://")) and not recorded("mlflow"):
+        raise SystemExit(
+            f"MLFLOW_TRACKING_URI={uri} already names a tracking server; unset it to serve the local store"
+        )
+    return os.environ["PREFECT_HOME"], uri, os.environ["PIPELINE_ARTIFACT_ROOT"]
 
 
 def up(
@@ -200,37 +216,32 @@ def up(
     mlflow_host: str = LOOPBACK,
     mlflow_port: int = 5000,
 ) -> list[Server]:
-    """Start both servers in the background on the repository's stores (unless already running)."""
-    from tasks.environment import DEFAULTS  # the stores that `make run` writes to
-
-    started = []
-    specs = [
-        (
-            "prefect",
+    """Start both servers in the background on the local stores (unless running); wait until they answer."""
+    home, backend, artifacts = local_stores()
+    prefect_url = f"http://{_connect(prefect_host)}:{prefect_port}"
+    mlflow_url = f"http://{_connect(mlflow_host)}:{mlflow_port}"
+    specs = {
+        "prefect": (
             prefect_command(prefect_host, prefect_port),
-            prefect_env(DEFAULTS["PREFECT_HOME"], f"http://{_connect(prefect_host)}:{prefect_port}/api"),
-            f"http://{_connect(prefect_host)}:{prefect_port}/api",
-            f"http://{_connect(prefect_host)}:{prefect_port}",
+            prefect_env(home, f"{prefect_url}/api"),
+            f"{prefect_url}/api",
+            prefect_url,
         ),
-        (
-            "mlflow",
-            mlflow_command(
-                mlflow_host, mlflow_port, DEFAULTS["MLFLOW_TRACKING_URI"], DEFAULTS["PIPELINE_ARTIFACT_ROOT"]
-            ),
+        "mlflow": (
+            mlflow_command(mlflow_host, mlflow_port, backend, artifacts),
             mlflow_env(),
-            f"http://{_connect(mlflow_host)}:{mlflow_port}",
-            f"http://{_connect(mlflow_host)}:{mlflow_port}",
+            mlflow_url,
+            mlflow_url,
         ),
-    ]
-    for name, cmd, env, url, ui in specs:
-        existing = recorded(name)
-        if existing:
-            started.append(existing)
-            continue
-        log = RUN_DIR / f"{name}.log"
-        proc = spawn(cmd, env, log)
-        server = Server(name=name, pid=proc.pid, url=url, ui=ui, log=str(log))
-        _state_file(name).write_text(json.dumps(asdict(server)))
+    }
+    started = []
+    for name, (cmd, env, url, ui) in specs.items():
+        server = recorded(name)
+        if server is None:
+            log = run_dir() / f"{name}.log"
+            proc = spawn(cmd, env, log)
+            server = Server(name=name, pid=proc.pid, url=url, ui=ui, log=str(log))
+            _state_file(name).write_text(json.dumps(asdict(server)))
         started.append(server)
     for server in started:
         wait_http(server.url.rstrip("/") + "/health", 120, None, Path(server.log))

@@ -123,6 +123,26 @@ def deployed(stack):
     return spec
 
 
+def run_worker_until_final(stack: Stack, flow_run_ids: list, timeout: float = 240) -> list:
+    """Start a real process worker, wait until the given flow runs are final, stop it; return the runs."""
+    worker = servers.spawn(
+        [str(BIN / "prefect"), "worker", "start", "--pool", "thermometer", "--type", "process"],
+        stack.client_env,
+        stack.tmp / "worker.log",
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            runs = [stack.api(lambda c, i=i: c.read_flow_run(i)) for i in flow_run_ids]
+            if all(r.state is not None and r.state.is_final() for r in runs):
+                return runs
+            assert worker.poll() is None, (stack.tmp / "worker.log").read_text()[-3000:]
+            time.sleep(1)
+        pytest.fail(f"flow runs not finished in time:\n{(stack.tmp / 'worker.log').read_text()[-3000:]}")
+    finally:
+        servers.stop_group(worker.pid)
+
+
 @pytest.fixture(scope="module")
 def finished_run(stack, deployed):
     """One triggered run of the nightly deployment, executed by a real process worker."""
@@ -132,23 +152,7 @@ def finished_run(stack, deployed):
         return await run_deployment("train/nightly", timeout=0, client=client)
 
     flow_run = stack.api(trigger)
-    worker = servers.spawn(
-        [str(BIN / "prefect"), "worker", "start", "--pool", "thermometer", "--type", "process"],
-        stack.client_env,
-        stack.tmp / "worker.log",
-    )
-    try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            run = stack.api(lambda c: c.read_flow_run(flow_run.id))
-            if run.state is not None and run.state.is_final():
-                break
-            assert worker.poll() is None, (stack.tmp / "worker.log").read_text()[-3000:]
-            time.sleep(1)
-        else:
-            pytest.fail(f"flow run not finished in time:\n{(stack.tmp / 'worker.log').read_text()[-3000:]}")
-    finally:
-        servers.stop_group(worker.pid)
+    [run] = run_worker_until_final(stack, [flow_run.id])
     return run
 
 
@@ -325,3 +329,28 @@ def test_both_uis_render_the_run_in_a_real_browser(stack, finished_run):
     assert "thermometer" in mlflow_page and finished_run.name in mlflow_page
     prefect_page = chromium_dom(f"{stack.prefect_ui}/runs/flow-run/{finished_run.id}")
     assert finished_run.name in prefect_page and "nightly" in prefect_page
+
+
+def test_missed_runs_do_not_pile_up(stack, finished_run):
+    """Two runs due while no worker ran: the worker starts one, the concurrency limit cancels the other."""
+    import datetime
+
+    from prefect.states import Scheduled
+
+    async def create_late_runs(client):
+        deployment = await client.read_deployment_by_name("train/nightly")
+        now = datetime.datetime.now(datetime.UTC)
+        return [
+            (
+                await client.create_flow_run_from_deployment(
+                    deployment.id, state=Scheduled(scheduled_time=now - datetime.timedelta(hours=hours))
+                )
+            ).id
+            for hours in (2, 1)
+        ]
+
+    runs = run_worker_until_final(stack, stack.api(create_late_runs))
+    states = sorted(r.state_name for r in runs)
+    assert states == ["Cancelled", "Completed"], [(r.state_name, r.state.message) for r in runs]
+    [cancelled] = [r for r in runs if r.state_name == "Cancelled"]
+    assert "concurrency limit" in cancelled.state.message

@@ -1,0 +1,92 @@
+"""Screenshots of both UIs after a run, by headless Chromium from the running servers (``make screenshots``).
+
+Needs ``make ui`` and one completed deployment run (``make deploy``, ``make worker``, a triggered run);
+writes PNGs to ``docs/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.parse
+from pathlib import Path
+
+from ops.servers import recorded
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--hide-scrollbars",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--window-size=1400,1000", "--virtual-time-budget=20000",
+]  # fmt: skip
+
+
+def chromium() -> str:
+    """Path of Debian's chromium (``make chromium`` installs it)."""
+    found = shutil.which("chromium")
+    if not found:
+        raise SystemExit("chromium is not installed: run `make chromium`")
+    return found
+
+
+def screenshot(url: str, out: Path) -> Path:
+    """Render ``url`` in headless Chromium and save a PNG."""
+    with tempfile.TemporaryDirectory() as profile:
+        subprocess.run(
+            [chromium(), *FLAGS, f"--user-data-dir={profile}", f"--screenshot={out}", url],
+            check=True, capture_output=True, timeout=120,
+        )  # fmt: skip
+    return out
+
+
+def latest_runs() -> tuple[str, str, str, str, list[str], str]:
+    """The newest deployment flow run and its MLflow record: ids and names for the URLs."""
+    from mlflow import MlflowClient
+    from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    prefect, mlflow = recorded("prefect"), recorded("mlflow")
+    if not (prefect and mlflow):
+        raise SystemExit("start the servers first: make ui")
+
+    async def newest():
+        async with PrefectClient(prefect.url) as client:
+            runs = await client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=20)
+            return next(r for r in runs if r.state and r.state.is_completed() and r.deployment_id)
+
+    flow_run = asyncio.run(newest())
+    client = MlflowClient(mlflow.url)
+    experiment = client.get_experiment_by_name("thermometer")
+    runs = client.search_runs([experiment.experiment_id], f"tags.`prefect.flow_run_id` = '{flow_run.id}'")
+    [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    return (
+        prefect.ui, mlflow.ui, str(flow_run.id), experiment.experiment_id,
+        [c.info.run_id for c in children], parent.info.run_id,
+    )  # fmt: skip
+
+
+def main() -> int:
+    """Take the README's screenshots."""
+    prefect_ui, mlflow_ui, flow_run_id, experiment_id, child_ids, parent_id = latest_runs()
+    DOCS.mkdir(exist_ok=True)
+    compare = urllib.parse.quote(json.dumps(child_ids)), urllib.parse.quote(json.dumps([experiment_id]))
+    shots = {
+        "prefect-flow-run.png": f"{prefect_ui}/runs/flow-run/{flow_run_id}",
+        "prefect-deployments.png": f"{prefect_ui}/deployments",
+        "mlflow-runs.png": f"{mlflow_ui}/#/experiments/{experiment_id}/runs",
+        "mlflow-parent-run.png": f"{mlflow_ui}/#/experiments/{experiment_id}/runs/{parent_id}",
+        "mlflow-compare.png": f"{mlflow_ui}/#/compare-runs?runs={compare[0]}&experiments={compare[1]}",
+    }
+    for name, url in shots.items():
+        print(f"{name:<26} {url}")
+        screenshot(url, DOCS / name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
