@@ -47,12 +47,11 @@ clean-state:
 
 # ---- servers, deployments, workers (see README: "Local servers" and "Scheduling") ----------------------------
 
-PREFECT_API_URL     ?= http://127.0.0.1:4200/api
-PIPELINE_MLFLOW_URI ?= http://127.0.0.1:5000
-WORK_POOL           ?= thermometer
+WORK_POOL ?= thermometer
+ENV       := $(PY) -m ops.env
 export PREFECT_HOME ?= $(or $(PIPELINE_STATE_DIR),$(CURDIR))/.prefect
 
-.PHONY: ui stop status deploy worker serve chromium screenshots
+.PHONY: ui stop status deploy worker trigger serve chromium screenshots
 
 ## Start a Prefect server (127.0.0.1:4200) and an MLflow server (127.0.0.1:5000) in the background.
 ui: setup
@@ -67,19 +66,22 @@ status: setup
 
 ## Create the work pool if missing and apply prefect.yaml (needs `make ui`, or PREFECT_API_URL set to a server).
 deploy: setup
-	@PREFECT_API_URL=$(PREFECT_API_URL) $(VENV)/bin/prefect work-pool inspect $(WORK_POOL) > /dev/null 2>&1 \
-		|| PREFECT_API_URL=$(PREFECT_API_URL) $(VENV)/bin/prefect work-pool create $(WORK_POOL) --type process
-	PREFECT_API_URL=$(PREFECT_API_URL) PIPELINE_DIR=$(CURDIR) PIPELINE_MLFLOW_URI=$(PIPELINE_MLFLOW_URI) \
-		$(VENV)/bin/prefect --no-prompt deploy --all
+	@$(ENV) prefect work-pool inspect $(WORK_POOL) > /dev/null 2>&1 \
+		|| $(ENV) prefect work-pool create $(WORK_POOL) --type process
+	$(ENV) prefect --no-prompt deploy --all
 
 ## Start a worker for the pool; it runs scheduled and triggered flow runs.
 worker: setup
-	PREFECT_API_URL=$(PREFECT_API_URL) PATH=$(CURDIR)/$(VENV)/bin:$$PATH \
-		$(VENV)/bin/prefect worker start --pool $(WORK_POOL) --type process
+	$(ENV) prefect worker start --pool $(WORK_POOL) --type process
+
+## Start a run of a deployment now (make trigger DEPLOYMENT=train/weekly-adam); a worker or `make serve` runs it.
+DEPLOYMENT ?= train/nightly
+trigger: setup
+	$(ENV) prefect deployment run $(DEPLOYMENT)
 
 ## Serve every deployment in prefect.yaml from this one process, on its schedule (no work pool needed).
 serve: setup
-	PREFECT_API_URL=$(PREFECT_API_URL) MLFLOW_TRACKING_URI=$(PIPELINE_MLFLOW_URI) $(PY) -m flows.serve
+	$(ENV) $(PY) -m flows.serve
 
 ## Debian's chromium, for the browser tests and screenshots (installed when missing).
 chromium:
