@@ -44,14 +44,12 @@ class Stack:
             "PREFECT_API_URL": self.prefect_api,
             "PREFECT_HOME": str(tmp / "client-home"),
             "MLFLOW_TRACKING_URI": self.mlflow,
-            "PIPELINE_DIR": str(REPO),
             "PIPELINE_MLFLOW_URI": self.mlflow,
-            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
         }
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         out = subprocess.run(
-            [str(BIN / "prefect"), *args],
+            [sys.executable, "-m", "ops.env", "prefect", *args],  # as `make deploy` runs it
             cwd=REPO,
             env=self.client_env,
             capture_output=True,
@@ -126,7 +124,18 @@ def deployed(stack):
 def run_worker_until_final(stack: Stack, flow_run_ids: list, timeout: float = 240) -> list:
     """Start a real process worker, wait until the given flow runs are final, stop it; return the runs."""
     worker = servers.spawn(
-        [str(BIN / "prefect"), "worker", "start", "--pool", "thermometer", "--type", "process"],
+        [
+            sys.executable,
+            "-m",
+            "ops.env",
+            "prefect",
+            "worker",
+            "start",
+            "--pool",
+            "thermometer",
+            "--type",
+            "process",
+        ],
         stack.client_env,
         stack.tmp / "worker.log",
     )
