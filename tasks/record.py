@@ -116,28 +116,29 @@ def log_variant(
         start_time_ms=timed.started_ms,
     )
     try:
+        model_uri = None
+        if r.converged:
+            predictor = LinearPredictor(r.params, prepared.normalizer, settings.target, r.variant)
+            example = prepared.train_frame[list(settings.features)].head(3)
+            # first: Model.log reads back the run's whole metric history, which is still empty here
+            model_uri = tracking.log_model(run_id, run.experiment_id, predictor, example)
         tracking.log_curves(run_id, {"train_loss": r.train_loss, "val_loss": r.val_loss})
-        trained = {f"w_{f}": w for f, w in zip(settings.features, r.params[:-1].tolist(), strict=True)}
-        trained["b"] = float(r.params[-1])
         summary = {"epochs_run": float(r.epochs_run), "train_seconds": timed.seconds}
-        tracking.log_figure(
-            run_id, plots.loss_curve(r.variant, r.train_loss, r.val_loss, settings.epochs), "loss_curve.png"
-        )
+        curve_plot = plots.loss_curve(r.variant, r.train_loss, r.val_loss, settings.epochs)
+        tracking.log_figure(run_id, curve_plot, "loss_curve.png")
         if not r.converged:
             tracking.log_metrics(run_id, summary)
             tracking.end_run(run_id, tracking.FAILED, note=r.message)
             return VariantRecord(r.variant, run_id, tracking.FAILED, None)
-        predictor = LinearPredictor(r.params, prepared.normalizer, settings.target, r.variant)
+        trained = {f"w_{f}": w for f, w in zip(settings.features, r.params[:-1].tolist(), strict=True)}
+        trained["b"] = float(r.params[-1])
         coefficients = _coefficients(predictor)
         tracking.log_metrics(run_id, {**summary, **trained, **coefficients, **evaluation.metrics()})
         tracking.log_dict(
             run_id, {"trained_space": trained, "original_units": coefficients}, "coefficients.json"
         )
-        tracking.log_figure(
-            run_id, plots.fit_plot(predictor, prepared.train_frame, prepared.val_frame), "fit.png"
-        )
-        example = prepared.train_frame[list(settings.features)].head(3)
-        model_uri = tracking.log_model(run_id, run.experiment_id, predictor, example)
+        fit = plots.fit_plot(predictor, prepared.train_frame, prepared.val_frame)
+        tracking.log_figure(run_id, fit, "fit.png")
         tracking.set_tags(run_id, {"model_uri": model_uri})
         tracking.end_run(run_id, tracking.FINISHED)
     except BaseException as exc:
