@@ -51,7 +51,7 @@ WORK_POOL ?= thermometer
 ENV       := $(PY) -m ops.env
 export PREFECT_HOME ?= $(or $(PIPELINE_STATE_DIR),$(CURDIR))/.prefect
 
-.PHONY: ui stop status deploy worker trigger serve chromium screenshots
+.PHONY: ui stop status deploy worker trigger serve serve-model predict chromium screenshots
 
 ## Start a Prefect server (127.0.0.1:4200) and an MLflow server (127.0.0.1:5000) in the background.
 ui: setup
@@ -82,6 +82,18 @@ trigger: setup
 ## Serve every deployment in prefect.yaml from this one process, on its schedule (no work pool needed).
 serve: setup
 	$(ENV) $(PY) -m flows.serve
+
+## Serve models:/$(MODEL)@champion over HTTP on 127.0.0.1:$(MODEL_PORT) (MLflow's scoring server, this .venv).
+MODEL      ?= thermometer
+MODEL_HOST ?= 127.0.0.1
+MODEL_PORT ?= 5001
+serve-model: setup
+	$(ENV) --no-prefect mlflow models serve -m "models:/$(MODEL)@champion" --env-manager local \
+		--host $(MODEL_HOST) --port $(MODEL_PORT) --workers 1
+
+## Batch prediction: make predict ARGS="data=data/readings.csv alias=champion"
+predict: setup
+	$(PY) -m flows.run predict $(ARGS)
 
 ## Debian's chromium, for the browser tests and screenshots (installed when missing).
 chromium:

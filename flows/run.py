@@ -15,7 +15,7 @@ from typing import Any
 
 import tasks  # noqa: F401  (embedded defaults before prefect loads)
 
-FLOWS = {"train": "flows.train:train"}
+FLOWS = {"train": "flows.train:train", "predict": "flows.predict:predict"}
 
 
 def parse_params(pairs: list[str]) -> dict[str, Any]:

@@ -14,10 +14,11 @@ from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLi
 from prefect.schedules import Cron
 
 import tasks  # noqa: F401  (embedded defaults before prefect loads)
+from flows.predict import predict
 from flows.train import train
 
 PREFECT_YAML = Path(__file__).resolve().parents[1] / "prefect.yaml"
-FLOWS = {"flows/train.py:train": train}
+FLOWS = {"flows/train.py:train": train, "flows/predict.py:predict": predict}
 
 
 def deployments_from_yaml(path: Path = PREFECT_YAML) -> list:

@@ -5,6 +5,7 @@ Run it with ``make run`` or ``python -m flows.train [--epochs 100 ...]``; schedu
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated, Any, Literal
 
 from prefect import flow, get_run_logger
@@ -13,6 +14,7 @@ from pydantic import BaseModel, Field
 from tasks.data import load_dataset, prepare_data
 from tasks.evaluate import evaluate_variants
 from tasks.record import abort_tracking, finish_tracking, log_variant, start_tracking
+from tasks.registry import register_best, report_promotion
 from tasks.report import report
 from tasks.train import train_variant
 from training.config import TrainSettings, check_settings
@@ -53,6 +55,8 @@ def train(
     epochs: Annotated[int, Field(ge=1)] = 5000,
     init: Init | None = None,
     experiment: Annotated[str, Field(min_length=1)] = "thermometer",
+    model_name: Annotated[str, Field(min_length=1)] | None = "thermometer",
+    max_val_rmse: Annotated[float, Field(gt=0)] | None = None,
 ) -> dict[str, Any]:
     """Train the linear model with each chosen variant and record everything in MLflow."""
     logger = get_run_logger()
@@ -73,6 +77,8 @@ def train(
         init_weight=tuple(init.weight) if isinstance(init.weight, list) else init.weight,
         init_bias=init.bias,
         experiment=experiment,
+        model_name=model_name,
+        max_val_rmse=max_val_rmse,
     )
     check_settings(settings)
 
@@ -89,6 +95,13 @@ def train(
         records = [future.result() for future in logged]
         summary = report(run, results, evaluations, records)
         finish_tracking(run, results, evaluations, settings, summary)
+        # last, so that a run failing in any step before never registers a model or moves the alias
+        promotion = None
+        if model_name and evaluations:
+            promotion = register_best(
+                model_name, records, evaluations, loaded, prepared, target, max_val_rmse
+            )
+            report_promotion(promotion, run.parent_run_id)
     except BaseException as exc:
         abort_tracking(run, repr(exc))
         raise
@@ -112,6 +125,7 @@ def train(
     logger.info("Recorded in MLflow run %s", run.url or run.parent_run_id)
     return {
         "parent_run_id": run.parent_run_id,
+        "promotion": None if promotion is None else asdict(promotion),
         "experiment_id": run.experiment_id,
         "variants": {
             rec.variant: {

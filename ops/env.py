@@ -14,10 +14,12 @@ import tasks  # applies the defaults to os.environ on import
 
 
 def main(argv: list[str]) -> None:
-    """Exec ``argv`` in the project's environment."""
+    """Exec ``argv`` in the project's environment (``--no-prefect``: the command needs no Prefect server)."""
+    needs_prefect = not (argv and argv[0] == "--no-prefect")
+    argv = argv if needs_prefect else argv[1:]
     if not argv:
-        raise SystemExit("usage: python -m ops.env COMMAND [ARGS...]")
-    if not os.environ.get("PREFECT_API_URL"):
+        raise SystemExit("usage: python -m ops.env [--no-prefect] COMMAND [ARGS...]")
+    if needs_prefect and not os.environ.get("PREFECT_API_URL"):
         raise SystemExit("no Prefect server: start one with `make ui`, or set PREFECT_API_URL to yours")
     tracking = os.environ["MLFLOW_TRACKING_URI"]
     default_mlflow = tracking if tracking.startswith(("http://", "https://")) else "http://127.0.0.1:5000"

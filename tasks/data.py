@@ -63,11 +63,13 @@ def _is_transient(task, task_run, state) -> bool:
     retry_condition_fn=_is_transient,
     cache_policy=NO_CACHE,
 )
-def load_dataset(path: str, features: list[str], target: str) -> LoadedData:
+def load_dataset(
+    path: str, features: list[str], target: str | None, keep_other_columns: bool = False
+) -> LoadedData:
     """Read and validate the data file and record its content hash."""
     logger = get_run_logger()
     source = str(Path(path).expanduser().resolve())
-    frame = load_table(source, features, target)
+    frame = load_table(source, features, target, keep_other_columns)
     digest = file_digest(source)
     logger.info("Loaded %d rows from %s (sha256 %s)", len(frame), source, digest[:12])
     return LoadedData(frame=frame, source=source, digest=digest)

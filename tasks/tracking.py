@@ -141,7 +141,7 @@ def log_dict(run_id: str, data: Mapping[str, Any], filename: str) -> None:
 
 
 def log_dataset(
-    run_id: str, frame: pd.DataFrame, source: str, digest: str, target: str, context: str
+    run_id: str, frame: pd.DataFrame, source: str, digest: str, target: str | None, context: str
 ) -> None:
     """Record the data set as the run's input (shown in the MLflow UI's Datasets column)."""
     with warnings.catch_warnings():
@@ -229,3 +229,65 @@ def _now_ms() -> int:
 FINISHED = RunStatus.to_string(RunStatus.FINISHED)
 FAILED = RunStatus.to_string(RunStatus.FAILED)
 KILLED = RunStatus.to_string(RunStatus.KILLED)
+
+
+# --- model registry -----------------------------------------------------------------------------------------
+
+
+def alias_version(name: str, alias: str) -> str | None:
+    """The version number that ``alias`` points to in registered model ``name``, or None."""
+    try:
+        return client().get_model_version_by_alias(name, alias).version
+    except mlflow.exceptions.MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
+def registered_aliases(name: str) -> dict[str, str] | None:
+    """``{alias: version}`` of registered model ``name``, or None when no such model exists."""
+    try:
+        return dict(client().get_registered_model(name).aliases)
+    except mlflow.exceptions.MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+
+
+def register_version(name: str, model_uri: str, run_id: str, tags: Mapping[str, Any]) -> str:
+    """Register ``model_uri`` as a new version of ``name`` (created if missing) and return the version."""
+    c = client()
+    try:
+        c.create_registered_model(name, description="Thermometer calibration: t_u in, Celsius out.")
+    except mlflow.exceptions.MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+    version = c.create_model_version(
+        name, model_uri, run_id=run_id, tags={k: str(v) for k, v in tags.items()}, model_id=model_id
+    )
+    return version.version
+
+
+def set_version_tags(name: str, version: str, tags: Mapping[str, Any]) -> None:
+    """Tag a model version."""
+    for key, value in tags.items():
+        client().set_model_version_tag(name, version, key, str(value))
+
+
+def set_alias(name: str, alias: str, version: str) -> None:
+    """Point ``alias`` at ``version``."""
+    client().set_registered_model_alias(name, alias, version)
+
+
+def version_model_uri(name: str, version: str) -> str:
+    """The URI of one registered version (stable, unlike an alias)."""
+    return f"models:/{name}/{version}"
+
+
+def model_io(model_uri: str) -> tuple[list[str], str]:
+    """The input column names and the output column of a logged model, from its signature."""
+    info = mlflow.models.get_model_info(model_uri)
+    if info.signature is None:
+        raise ValueError(f"{model_uri} has no signature; cannot tell which columns it needs")
+    return info.signature.inputs.input_names(), info.signature.outputs.input_names()[0]

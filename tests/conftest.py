@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from ops import servers
+
 SESSION_DIR = Path(tempfile.mkdtemp(prefix="thermo-tests-"))
 os.environ.update(
     {
@@ -73,3 +75,21 @@ def write(tmp_path):
 
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(SESSION_DIR, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server():
+    """A real `mlflow server` on a free loopback port; the flows of this module record to it."""
+    from mlflow import MlflowClient
+
+    tmp = Path(tempfile.mkdtemp(prefix="thermo-registry-"))
+    port = servers.free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = servers.mlflow_command("127.0.0.1", port, f"sqlite:///{tmp}/mlflow.db", tmp / "artifacts")
+    with (
+        pytest.MonkeyPatch.context() as mp,
+        servers.running(cmd, servers.mlflow_env(), tmp / "mlflow.log", f"{url}/health"),
+    ):
+        mp.setenv("MLFLOW_TRACKING_URI", url)
+        yield MlflowClient(url)
+    shutil.rmtree(tmp, ignore_errors=True)

@@ -31,6 +31,8 @@ class TrainSettings:
     init_weight: float | tuple[float, ...] = 1.0
     init_bias: float = 0.0
     experiment: str = "thermometer"
+    model_name: str | None = "thermometer"  # registered model; None skips registration
+    max_val_rmse: float | None = None  # quality gate for registration
 
     def as_params(self) -> dict[str, Any]:
         """The settings as a flat dict of simple values (for tracking and reports)."""
@@ -72,5 +74,7 @@ def check_settings(settings: TrainSettings) -> None:
         raise ConfigError(f"epochs must be >= 1, got {s.epochs}")
     if isinstance(s.init_weight, tuple) and len(s.init_weight) != len(s.features):
         raise ConfigError(f"init has {len(s.init_weight)} weights for {len(s.features)} features")
+    if s.max_val_rmse is not None and not s.max_val_rmse > 0:
+        raise ConfigError(f"max_val_rmse must be > 0, got {s.max_val_rmse}")
     if "optimizer" in s.variants or s.optimizer_options:
         make_optimizer(s.optimizer, [torch.zeros(1, requires_grad=True)], s.lr, s.optimizer_options)

@@ -79,16 +79,20 @@ def _first_rows(rows: list[int], limit: int = 5) -> str:
     return shown + (f" and {len(rows) - limit} more" if len(rows) > limit else "")
 
 
-def load_table(path: str | Path, features: list[str], target: str) -> pd.DataFrame:
+def load_table(
+    path: str | Path, features: list[str], target: str | None = None, keep_other_columns: bool = False
+) -> pd.DataFrame:
     """Read a CSV or Parquet file and return its feature and target columns as float64.
 
     Args:
         path: the data file; the suffix picks the reader (.csv/.txt/.tsv or .parquet/.pq).
         features: input column names, in the order the model sees them.
-        target: the column to predict.
+        target: the column to predict; None for inputs to a prediction.
+        keep_other_columns: also return the file's other columns, unchanged.
 
     Returns:
-        A frame with exactly ``features + [target]``, float64, finite, at least one row.
+        A frame with ``features + [target]`` as float64, finite, at least one row (and with
+        ``keep_other_columns``, every column of the file in its order).
 
     Raises:
         DataError: naming the file, the column and the problem, for a missing, empty, unreadable or
@@ -96,7 +100,7 @@ def load_table(path: str | Path, features: list[str], target: str) -> pd.DataFra
     """
     source = str(path)
     frame = _read_frame(Path(path), source)
-    wanted = [*features, target]
+    wanted = [*features, *([target] if target is not None else [])]
     absent = [c for c in wanted if c not in frame.columns]
     if absent:
         available = ", ".join(repr(str(c)) for c in frame.columns)
@@ -110,6 +114,8 @@ def load_table(path: str | Path, features: list[str], target: str) -> pd.DataFra
         raise DataError(source, "the file has a header but no data rows")
     columns = {c: _numeric_column(frame, c, source) for c in wanted}
     logger.info("loaded %s: %d rows, features %s, target %s", source, len(frame), features, target)
+    if keep_other_columns:  # every column, in the file's order, the checked ones as float64
+        return pd.DataFrame({c: columns.get(c, frame[c].to_numpy()) for c in frame.columns})
     return pd.DataFrame(columns)
 
 
