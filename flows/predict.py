@@ -9,6 +9,7 @@ from pydantic import Field
 
 from tasks.data import load_dataset
 from tasks.predict import default_output, predict_rows, record_predictions, resolve_model, write_predictions
+from tasks.record import check_tracking
 
 
 @flow(name="predict", description="Predict Celsius for a file of raw readings with a registered model.")
@@ -20,6 +21,7 @@ def predict(
     experiment: Annotated[str, Field(min_length=1)] = "thermometer-predictions",
 ) -> dict[str, Any]:
     """Predict with ``model_name@alias`` for every row of ``data`` and write ``output``."""
+    check_tracking()
     model = resolve_model(model_name, alias)
     loaded = load_dataset(data, model.features, None, keep_other_columns=True)
     predictions = predict_rows(model, loaded)

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from tasks.data import load_dataset, prepare_data
 from tasks.evaluate import evaluate_variants
-from tasks.record import abort_tracking, finish_tracking, log_variant, start_tracking
+from tasks.record import abort_tracking, check_tracking, finish_tracking, log_variant, start_tracking
 from tasks.registry import register_best, report_promotion
 from tasks.report import report
 from tasks.train import train_variant
@@ -82,6 +82,7 @@ def train(
     )
     check_settings(settings)
 
+    check_tracking()
     loaded = load_dataset(data, list(features), target)
     prepared = prepare_data(loaded, list(features), target, normalize, scale, val_fraction, seed)
     run = start_tracking(settings, loaded)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,9 +69,10 @@ def load_dataset(
 ) -> LoadedData:
     """Read and validate the data file and record its content hash."""
     logger = get_run_logger()
-    source = str(Path(path).expanduser().resolve())
-    frame = load_table(source, features, target, keep_other_columns)
-    digest = file_digest(source)
+    allow_urls = os.environ.get("PIPELINE_ALLOW_URLS", "false").lower() in ("true", "1", "yes")
+    source = path if "://" in path else str(Path(path).expanduser().resolve())
+    frame = load_table(source, features, target, keep_other_columns, allow_urls=allow_urls)
+    digest = file_digest(source) if "://" not in source else "url:" + source
     logger.info("Loaded %d rows from %s (sha256 %s)", len(frame), source, digest[:12])
     return LoadedData(frame=frame, source=source, digest=digest)
 

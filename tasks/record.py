@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prefect import get_run_logger, task
+from prefect import get_client, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import ObjectNotFound
 from prefect.runtime import deployment, flow_run
 from prefect.settings import get_current_settings
 
@@ -46,6 +47,14 @@ def _prefect_tags() -> dict[str, str]:
     return tags
 
 
+@task(name="check-tracking-server", task_run_name="check-tracking-server", cache_policy=NO_CACHE)
+def check_tracking() -> str:
+    """Before any work: is the MLflow tracking server there? Fails within seconds, naming it, if not."""
+    uri = tracking.check_reachable()
+    get_run_logger().info("Tracking to %s", uri)
+    return uri
+
+
 def provenance() -> str:
     """A markdown line: which Prefect flow run (and deployment) produced the run, linked when a UI exists."""
     run_id, name = flow_run.get_id(), flow_run.get_name()
@@ -63,6 +72,34 @@ def provenance() -> str:
     return line + "."
 
 
+def sweep_orphans(experiment_id: str) -> list[str]:
+    """Mark KILLED the MLflow runs left RUNNING by flow runs that Prefect knows have ended (crashed, killed).
+
+    A process killed with SIGKILL runs no cleanup; its worker reports the flow run Crashed, and the next run
+    of the pipeline closes what it left open. Runs of flow runs this Prefect API does not know are left alone.
+    """
+    ended: dict[str, str | None] = {}
+    notes = []
+    with get_client(sync_client=True) as prefect:
+        for run_id, flow_run_id in tracking.running_runs(experiment_id):
+            if not flow_run_id or flow_run_id == str(flow_run.get_id()):
+                continue
+            if flow_run_id not in ended:
+                try:
+                    state = prefect.read_flow_run(flow_run_id).state
+                except (ObjectNotFound, ValueError):
+                    state = None
+                ended[flow_run_id] = state.name if state is not None and state.is_final() else None
+            if ended[flow_run_id]:
+                note = (
+                    f"Left RUNNING by Prefect flow run {flow_run_id}, which ended {ended[flow_run_id]}; "
+                    f"marked KILLED by flow run {flow_run.get_name()}."
+                )
+                tracking.end_run(run_id, tracking.KILLED, note=note)
+                notes.append(f"MLflow run {run_id}: {note}")
+    return notes
+
+
 @task(
     name="start-mlflow-run",
     task_run_name="start-mlflow-run",
@@ -74,6 +111,8 @@ def start_tracking(settings: TrainSettings, loaded: LoadedData) -> Tracking:
     """Create the parent run: flow parameters, Prefect ids, data hash, and the data set as input."""
     logger = get_run_logger()
     experiment_id = tracking.ensure_experiment(settings.experiment)
+    for orphan in sweep_orphans(experiment_id):
+        logger.warning(orphan)
     tags = {**_prefect_tags(), "data_hash": loaded.digest, "data_source": loaded.source}
     run_name = tags["prefect.flow_run_name"] or "train"
     tags["mlflow.note.content"] = provenance()

@@ -84,6 +84,18 @@ def register_best(
         logger.warning(message)
         return Promotion(model_name, None, variant, "blocked", scored["mse"], None, None, message)
 
+    features = list(prepared.normalizer.features)
+    incumbent = tracking.alias_version(model_name, CHAMPION)
+    if incumbent is not None:
+        champion_features, _ = tracking.model_io(tracking.version_model_uri(model_name, incumbent))
+        if champion_features != features:
+            message = (
+                f"not registered: {model_name}'s champion v{incumbent} takes {champion_features}, "
+                f"this model takes {features}; choose another model_name for a model of other inputs"
+            )
+            logger.warning(message)
+            return Promotion(model_name, None, variant, "blocked", scored["mse"], None, incumbent, message)
+
     record = next(r for r in records if r.variant == variant)
     tags = {
         "variant": variant,

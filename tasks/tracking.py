@@ -13,6 +13,8 @@ import math
 import os
 import tempfile
 import time
+import urllib.error
+import urllib.request
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -38,6 +40,35 @@ BATCH = 1000  # metrics per log_batch request (the server's limit)
 def tracking_uri() -> str:
     """The tracking URI in force (environment, else MLflow's own default)."""
     return mlflow.get_tracking_uri()
+
+
+class TrackingUnavailable(ConnectionError):
+    """The MLflow tracking server does not answer."""
+
+
+def check_reachable(attempts: int = 3, timeout: float = 3.0) -> str:
+    """Fail fast, naming the server, when an HTTP tracking URI does not answer; return the URI.
+
+    Any HTTP answer counts (a server with authentication answers 401 to an anonymous request).
+    """
+    uri = tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return uri
+    reason = ""
+    for attempt in range(attempts):
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+                return uri
+        except urllib.error.HTTPError:
+            return uri
+        except (urllib.error.URLError, OSError) as exc:
+            reason = str(getattr(exc, "reason", exc))
+            if attempt + 1 < attempts:
+                time.sleep(1.0)
+    raise TrackingUnavailable(
+        f"cannot reach the MLflow tracking server at {uri} ({reason}); start it (make ui) or point "
+        "MLFLOW_TRACKING_URI at a running one"
+    )
 
 
 def client() -> MlflowClient:
@@ -202,6 +233,12 @@ def end_run(run_id: str, status: str, note: str | None = None) -> None:
     if note:
         set_tags(run_id, {"mlflow.note.content": note})
     client().set_terminated(run_id, status=status, end_time=_now_ms())
+
+
+def running_runs(experiment_id: str) -> list[tuple[str, str]]:
+    """``(run_id, prefect flow run id)`` of every run still RUNNING in the experiment."""
+    runs = client().search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=1000)
+    return [(r.info.run_id, r.data.tags.get("prefect.flow_run_id", "")) for r in runs]
 
 
 def run_status(run_id: str) -> str:

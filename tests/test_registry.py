@@ -105,3 +105,12 @@ def test_two_runs_finishing_together_leave_the_better_one_champion(mlflow_server
     assert good["challenger_mse"] < poor["challenger_mse"]
     assert sorted([good["decision"], poor["decision"]]) in (["first", "kept"], ["first", "promoted"])
     assert champion(mlflow_server, name) == good["version"]
+
+
+def test_a_model_of_other_inputs_is_not_registered_under_the_same_name(mlflow_server, name, tmp_path):
+    assert run(name, epochs=100).result()["promotion"]["decision"] == "first"
+    data = tmp_path / "two.csv"
+    data.write_text("a,b,y\n" + "".join(f"{i},{i % 3},{2 * i + 1}\n" for i in range(12)))
+    other = run(name, data=str(data), features=["a", "b"], target="y", epochs=100).result()["promotion"]
+    assert other["decision"] == "blocked" and "takes ['t_u'], this model takes ['a', 'b']" in other["message"]
+    assert versions(mlflow_server, name) == ["1"] and champion(mlflow_server, name) == "1"

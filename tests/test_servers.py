@@ -369,3 +369,88 @@ def test_missed_runs_do_not_pile_up(stack, finished_run):
     assert states == ["Cancelled", "Completed"], [(r.state_name, r.state.message) for r in runs]
     [cancelled] = [r for r in runs if r.state_name == "Cancelled"]
     assert "concurrency limit" in cancelled.state.message
+
+
+def _flow_run_process(flow_run_id) -> int | None:
+    """The pid of the process running this flow run (the worker starts it with the id in its environment)."""
+    needle = f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode()
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if needle in (proc / "environ").read_bytes().split(b"\0"):
+                    return int(proc.name)
+            except OSError:
+                continue
+    return None
+
+
+def test_a_killed_run_is_marked_crashed_and_its_mlflow_runs_killed(stack, finished_run):
+    """SIGKILL the flow-run process mid-training: Prefect says Crashed; the next run closes what it left."""
+    import signal
+
+    from mlflow import MlflowClient
+    from prefect.deployments import run_deployment
+
+    async def trigger(client, epochs):
+        return await run_deployment("train/nightly", timeout=0, client=client, parameters={"epochs": epochs})
+
+    doomed = stack.api(lambda c: trigger(c, 400_000))  # minutes of training: killed long before the end
+    mlflow = MlflowClient(stack.mlflow)
+    experiment = mlflow.get_experiment_by_name("thermometer")
+    worker = servers.spawn(
+        [
+            sys.executable,
+            "-m",
+            "ops.env",
+            "prefect",
+            "worker",
+            "start",
+            "--pool",
+            "thermometer",
+            "--type",
+            "process",
+        ],
+        stack.client_env,
+        stack.tmp / "worker-kill.log",
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while (
+            time.monotonic() < deadline
+        ):  # wait until its MLflow parent run exists, so training is under way
+            parents = mlflow.search_runs(
+                [experiment.experiment_id], f"tags.`prefect.flow_run_id` = '{doomed.id}'"
+            )
+            pid = _flow_run_process(doomed.id)
+            if parents and pid:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail((stack.tmp / "worker-kill.log").read_text()[-3000:])
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            crashed = stack.api(lambda c: c.read_flow_run(doomed.id))
+            if crashed.state.is_final():
+                break
+            time.sleep(0.5)
+        assert crashed.state.name == "Crashed", crashed.state
+        [parent] = parents
+        assert mlflow.get_run(parent.info.run_id).info.status == "RUNNING"  # nothing could close it
+
+        again = stack.api(lambda c: trigger(c, EPOCHS))
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            rerun = stack.api(lambda c: c.read_flow_run(again.id))
+            if rerun.state.is_final():
+                break
+            time.sleep(1)
+    finally:
+        servers.stop_group(worker.pid)
+    assert rerun.state.is_completed(), rerun.state.message
+    killed = mlflow.get_run(parent.info.run_id)
+    assert killed.info.status == "KILLED"
+    assert (
+        f"Left RUNNING by Prefect flow run {doomed.id}, which ended Crashed"
+        in killed.data.tags["mlflow.note.content"]
+    )

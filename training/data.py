@@ -15,6 +15,8 @@ from training.errors import DataError
 logger = logging.getLogger(__name__)
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
+# beyond this, float32 training overflows: (t_p - t)^2 exceeds float32's 3.4e38 when |t| > 1.8e19
+LARGEST_VALUE = 1e18
 CSV_SUFFIXES = (".csv", ".txt", ".tsv")
 
 
@@ -28,6 +30,11 @@ def file_digest(path: str | Path) -> str:
 
 
 def _read_frame(path: Path, source: str) -> pd.DataFrame:
+    if "://" in source:
+        raise DataError(
+            source,
+            "is a URL; data paths name files on the machine that runs the flow (allow_urls=True reads URLs)",
+        )
     if not path.exists():
         raise DataError(source, "file not found")
     if path.is_dir():
@@ -71,6 +78,15 @@ def _numeric_column(frame: pd.DataFrame, column: str, source: str) -> np.ndarray
     if infinite.any():
         rows = (np.flatnonzero(infinite) + 1).tolist()
         raise DataError(source, f"infinite value in data row(s) {_first_rows(rows)}", column)
+    huge = np.abs(array) > LARGEST_VALUE
+    if huge.any():
+        row = int(np.flatnonzero(huge)[0])
+        raise DataError(
+            source,
+            f"value {array[row]:g} in data row {row + 1} is too large to train on (beyond {LARGEST_VALUE:g}, "
+            "the squared loss overflows float32); rescale the column",
+            column,
+        )
     return array
 
 
@@ -80,7 +96,11 @@ def _first_rows(rows: list[int], limit: int = 5) -> str:
 
 
 def load_table(
-    path: str | Path, features: list[str], target: str | None = None, keep_other_columns: bool = False
+    path: str | Path,
+    features: list[str],
+    target: str | None = None,
+    keep_other_columns: bool = False,
+    allow_urls: bool = False,
 ) -> pd.DataFrame:
     """Read a CSV or Parquet file and return its feature and target columns as float64.
 
@@ -89,6 +109,7 @@ def load_table(
         features: input column names, in the order the model sees them.
         target: the column to predict; None for inputs to a prediction.
         keep_other_columns: also return the file's other columns, unchanged.
+        allow_urls: read ``scheme://`` paths with pandas instead of refusing them.
 
     Returns:
         A frame with ``features + [target]`` as float64, finite, at least one row (and with
@@ -96,10 +117,14 @@ def load_table(
 
     Raises:
         DataError: naming the file, the column and the problem, for a missing, empty, unreadable or
-            malformed file, a missing column, a non-numeric, missing or infinite value.
+            malformed file, a URL (unless allowed), a missing column, a non-numeric, missing, infinite or
+            overflowing value.
     """
     source = str(path)
-    frame = _read_frame(Path(path), source)
+    if allow_urls and "://" in source:
+        frame = pd.read_parquet(source) if source.lower().endswith(PARQUET_SUFFIXES) else pd.read_csv(source)
+    else:
+        frame = _read_frame(Path(path), source)
     wanted = [*features, *([target] if target is not None else [])]
     absent = [c for c in wanted if c not in frame.columns]
     if absent:
