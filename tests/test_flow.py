@@ -209,3 +209,14 @@ def test_bad_data_fails_before_training_with_the_file_and_column(mlflow_client, 
     assert state.is_failed()
     assert path in state.message and "column 't_u'" in state.message and "'abc'" in state.message
     assert runs_of(mlflow_client, experiment) == []
+
+
+def test_mlflow_server_down_fails_fast_naming_it_before_any_work(monkeypatch):
+    from ops.servers import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    state, _ = run_flow(epochs=100)
+    assert state.is_failed()
+    assert f"cannot reach the MLflow tracking server at {url}" in state.message and "make ui" in state.message
+    assert "TrackingUnavailable" in state.message

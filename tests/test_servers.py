@@ -263,7 +263,7 @@ def test_triggered_run_completes_with_named_tasks_and_artifacts(stack, finished_
     assert f"({stack.mlflow}/#/experiments/" in by_key["mlflow-run"].data  # a link to the parent run
 
 
-def test_mlflow_server_holds_the_runs_curves_plots_and_a_loadable_model(stack, finished_run):
+def test_mlflow_server_holds_the_runs_curves_plots_and_a_loadable_model(stack, finished_run, monkeypatch):
     import mlflow
     from mlflow import MlflowClient
 
@@ -289,11 +289,10 @@ def test_mlflow_server_holds_the_runs_curves_plots_and_a_loadable_model(stack, f
     png = client.download_artifacts(parent.info.run_id, "loss_curves.png", str(stack.tmp))
     assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    mlflow.set_tracking_uri(stack.mlflow)
-    try:
-        model = mlflow.pyfunc.load_model(children[0].data.tags["model_uri"])
-    finally:
-        mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    monkeypatch.setenv(
+        "MLFLOW_TRACKING_URI", stack.mlflow
+    )  # not set_tracking_uri: it rewrites the env for good
+    model = mlflow.pyfunc.load_model(children[0].data.tags["model_uri"])
     m = children[0].data.metrics
     predicted = model.predict(pd.DataFrame({"t_u": [35.7, 81.9]}))["t_c"].tolist()
     assert predicted == pytest.approx([m["coef_t_u"] * u + m["intercept"] for u in (35.7, 81.9)], abs=1e-4)
