@@ -109,7 +109,7 @@ def test_model_server_answers_in_celsius(mlflow_server, champion, tmp_path):
     with servers.running(
         cmd, env, tmp_path / "serve.log", f"http://127.0.0.1:{port}/ping", timeout=120
     ) as proc:
-        assert "127.0.0.1" in proc.args
+        assert "127.0.0.1" in proc.args and servers.listening_addresses(port) == {"127.0.0.1"}
         answer = requests.post(
             f"http://127.0.0.1:{port}/invocations",
             json={"dataframe_records": [{"t_u": 35.7}, {"t_u": 81.9}]},

@@ -167,8 +167,8 @@ def finished_run(stack, deployed):
 
 
 def test_servers_bind_to_loopback_only(stack):
-    for proc in stack.procs:
-        assert "127.0.0.1" in proc.args and "0.0.0.0" not in proc.args
+    for url in (stack.prefect_ui, stack.mlflow):
+        assert servers.listening_addresses(int(url.rsplit(":", 1)[1])) == {"127.0.0.1"}, url
 
 
 def test_every_deployment_exists_with_its_cron_schedule_and_upcoming_runs(stack, deployed):

@@ -1,0 +1,124 @@
+"""Safe defaults: authentication on both servers, credentials never written anywhere, loopback binding."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+
+from ops import servers
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def auth_mlflow(tmp_path_factory):
+    """`mlflow server --app-name basic-auth` with its user store in a temp dir and a random admin password."""
+    tmp = tmp_path_factory.mktemp("auth-mlflow")
+    (tmp / "auth.ini").write_text(
+        "[mlflow]\ndefault_permission = READ\n"
+        f"database_uri = sqlite:///{tmp}/auth.db\nadmin_username = admin\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    password = "pw-" + secrets.token_hex(12)
+    env = servers.mlflow_env(
+        {
+            "MLFLOW_AUTH_CONFIG_PATH": str(tmp / "auth.ini"),
+            "MLFLOW_AUTH_ADMIN_PASSWORD": password,
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
+        }
+    )
+    port = servers.free_port()
+    cmd = servers.mlflow_command(
+        "127.0.0.1", port, f"sqlite:///{tmp}/mlflow.db", tmp / "artifacts", app="basic-auth"
+    )
+    url = f"http://127.0.0.1:{port}"
+    with servers.running(cmd, env, tmp / "mlflow.log", f"{url}/health"):
+        yield url, password, tmp
+
+
+def test_mlflow_refuses_anonymous_requests(auth_mlflow):
+    url, password, _ = auth_mlflow
+    search = f"{url}/api/2.0/mlflow/experiments/search?max_results=1"
+    assert requests.get(search, timeout=10).status_code == 401
+    assert requests.get(search, auth=("admin", "wrong"), timeout=10).status_code == 401
+    assert requests.get(search, auth=("admin", password), timeout=10).status_code == 200
+
+
+def test_pipeline_runs_with_credentials_from_the_environment_and_writes_them_nowhere(auth_mlflow, tmp_path):
+    url, password, server_dir = auth_mlflow
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env.update(
+        PIPELINE_STATE_DIR=str(tmp_path),
+        MLFLOW_TRACKING_URI=url,
+        MLFLOW_TRACKING_USERNAME="admin",
+        MLFLOW_TRACKING_PASSWORD=password,
+    )
+    env.pop("PREFECT_HOME", None)
+    out = subprocess.run(
+        [sys.executable, "-m", "flows.run", "train", "epochs=50", 'variants=["manual"]', "model_name=secure"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    logs = out.stdout + out.stderr
+    assert out.returncode == 0, logs[-3000:]
+    assert "registered" in logs or "now champion" in logs
+
+    from mlflow import MlflowClient
+
+    os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = "admin", password
+    try:
+        client = MlflowClient(url)
+        experiment = client.get_experiment_by_name("thermometer")
+        runs = client.search_runs([experiment.experiment_id])
+        assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+        written = [logs, (REPO / "prefect.yaml").read_text()]
+        for r in runs:
+            written += [str(r.data.params), str(r.data.tags)]
+            local = client.download_artifacts(r.info.run_id, "", str(tmp_path / r.info.run_id))
+            written += [p.read_bytes().decode("latin-1") for p in Path(local).rglob("*") if p.is_file()]
+        version = client.get_model_version("secure", "1")
+        written.append(str(version.tags))
+    finally:
+        del os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]
+    # the artifact store on the server's disk too: every file the run wrote there
+    written += [
+        p.read_bytes().decode("latin-1") for p in (server_dir / "artifacts").rglob("*") if p.is_file()
+    ]
+    assert len(written) > 10
+    assert not [w for w in written if password in w]
+
+
+def test_prefect_server_with_an_auth_string(tmp_path):
+    auth = "admin:" + secrets.token_hex(8)
+    port = servers.free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = servers.prefect_env(tmp_path / "home", api, {"PREFECT_SERVER_API_AUTH_STRING": auth})
+    with servers.running(
+        servers.prefect_command("127.0.0.1", port), env, tmp_path / "prefect.log", f"{api}/health"
+    ):
+        assert requests.post(f"{api}/flows/filter", json={}, timeout=10).status_code == 401
+        assert requests.post(f"{api}/flows/filter", json={}, auth=tuple(auth.split(":")), timeout=10).ok
+
+        run_env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        run_env.update(PIPELINE_STATE_DIR=str(tmp_path), PREFECT_API_URL=api, PREFECT_API_AUTH_STRING=auth)
+        train = ["-m", "flows.run", "train", "epochs=50", 'variants=["manual"]', "model_name=null"]
+        out = subprocess.run(
+            [sys.executable, *train], cwd=REPO, env=run_env, capture_output=True, text=True, timeout=300
+        )
+        assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+        assert auth.split(":")[1] not in out.stdout + out.stderr
+
+        from prefect.client.orchestration import PrefectClient
+
+        async def flow_runs():
+            async with PrefectClient(api, auth_string=auth) as client:
+                return [r.state_name for r in await client.read_flow_runs()]
+
+        assert asyncio.run(flow_runs()) == ["Completed"]
