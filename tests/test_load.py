@@ -1,0 +1,132 @@
+"""Load: eight training flow runs started at once against one MLflow server (SQLite, then PostgreSQL)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from ops import servers
+
+REPO = Path(__file__).resolve().parents[1]
+RUNS = 8
+EPOCHS = [150 * (i + 1) for i in range(RUNS)]  # different lengths: different validation losses, one best
+
+pytestmark = pytest.mark.integration
+
+
+@contextmanager
+def postgres_database():
+    """A fresh database on the local PostgreSQL server, dropped afterwards."""
+    import psycopg
+
+    name = f"thermo_load_{uuid.uuid4().hex[:8]}"
+    admin = "postgresql://postgres@127.0.0.1:5432/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+@contextmanager
+def backend_store(kind: str, tmp: Path):
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp}/mlflow.db"
+    else:
+        with postgres_database() as uri:
+            yield uri
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """One real Prefect server for the eight processes (the registry lock lives there)."""
+    tmp = tmp_path_factory.mktemp("load-prefect")
+    port = servers.free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = servers.prefect_env(tmp / "home", api)
+    with servers.running(
+        servers.prefect_command("127.0.0.1", port), env, tmp / "prefect.log", f"{api}/health"
+    ):
+        yield api
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_eight_concurrent_runs_all_complete_with_full_curves_and_the_best_champion(
+    prefect_server, backend, tmp_path
+):
+    from mlflow import MlflowClient
+
+    port = servers.free_port()
+    url = f"http://127.0.0.1:{port}"
+    with backend_store(backend, tmp_path) as store:
+        cmd = servers.mlflow_command("127.0.0.1", port, store, tmp_path / "artifacts")
+        with servers.running(
+            cmd, servers.mlflow_env(), tmp_path / "mlflow.log", f"{url}/health", timeout=240
+        ):
+            env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+            env.update(
+                PIPELINE_STATE_DIR=str(tmp_path), PREFECT_API_URL=prefect_server, MLFLOW_TRACKING_URI=url
+            )
+            model = f"load-{backend}-{uuid.uuid4().hex[:6]}"
+            started = time.monotonic()
+            procs = [
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "flows.run",
+                        "train",
+                        f"epochs={epochs}",
+                        f"model_name={model}",
+                        f"experiment={model}",
+                    ],
+                    cwd=REPO,
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
+                for epochs in EPOCHS
+            ]
+            outputs, seconds = [], []
+            for proc in procs:
+                outputs.append(proc.communicate(timeout=900)[0])
+                seconds.append(time.monotonic() - started)
+            wall = time.monotonic() - started
+            slowest = max(seconds)
+            print(
+                f"\n{backend}: {RUNS} runs in {wall:.1f} s wall; the slowest process ended at {slowest:.1f} s"
+            )
+            failed = [o[-3000:] for p, o in zip(procs, outputs, strict=True) if p.returncode != 0]
+            assert not failed, failed[0]
+            assert not [o for o in outputs if "database is locked" in o]
+
+            client = MlflowClient(url)
+            experiment = client.get_experiment_by_name(model)
+            runs = client.search_runs([experiment.experiment_id], max_results=100)
+            children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+            assert len(runs) == RUNS * 4 and len(children) == RUNS * 3
+            assert all(r.info.status == "FINISHED" for r in runs)
+            for child in children:
+                epochs = int(child.data.params["epochs"])
+                for curve in ("train_loss", "val_loss"):
+                    steps = {m.step for m in client.get_metric_history(child.info.run_id, curve)}
+                    assert steps == set(range(1, epochs + 1)), (child.info.run_id, curve)
+
+            versions = client.search_model_versions(f"name = '{model}'")
+            assert len(versions) == RUNS
+            best = min(versions, key=lambda v: float(v.tags["val_mse"]))
+            champion = client.get_model_version_by_alias(model, "champion")
+            assert champion.version == best.version, [(v.version, v.tags["val_mse"]) for v in versions]
+            firsts = [v for v in versions if v.tags["promotion.decision"] == "first"]
+            assert len(firsts) == 1  # the lock let exactly one run see an empty registry
