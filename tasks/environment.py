@@ -34,6 +34,10 @@ def defaults(environ: MutableMapping[str, str] = os.environ) -> dict[str, str]:
         "MLFLOW_TRACKING_URI": f"sqlite:///{base / 'mlflow.db'}",
         # MLflow 3 reports usage telemetry by default; this machine has no network and users may not want it
         "MLFLOW_DISABLE_TELEMETRY": "true",
+        # a tracking server that went away: retry each request 7 times, waiting 1, 2, 4, ... 64 s (about two
+        # minutes in all), so a server restarted within a minute loses nothing and one gone for good fails
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "7",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
         # artifacts of experiments created on a database store (ignored when a tracking server decides)
         "PIPELINE_ARTIFACT_ROOT": str(base / "mlartifacts"),
     }
