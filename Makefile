@@ -51,7 +51,7 @@ WORK_POOL ?= thermometer
 ENV       := $(PY) -m ops.env
 export PREFECT_HOME ?= $(or $(PIPELINE_STATE_DIR),$(CURDIR))/.prefect
 
-.PHONY: ui stop status deploy worker trigger serve serve-model predict chromium screenshots
+.PHONY: ui stop status deploy worker trigger serve serve-model predict upload chromium screenshots
 
 ## Start a Prefect server (127.0.0.1:4200) and an MLflow server (127.0.0.1:5000) in the background.
 ui: setup
@@ -94,6 +94,10 @@ serve-model: setup
 ## Batch prediction: make predict ARGS="data=data/readings.csv alias=champion"
 predict: setup
 	$(PY) -m flows.run predict $(ARGS)
+
+## Record results that MLflow could not take during a run (kept in spool/ until then).
+upload: setup
+	$(PY) -m ops.upload
 
 ## Debian's chromium, for the browser tests and screenshots (installed when missing).
 chromium:

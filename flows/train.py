@@ -13,7 +13,14 @@ from pydantic import BaseModel, Field
 
 from tasks.data import load_dataset, prepare_data
 from tasks.evaluate import evaluate_variants
-from tasks.record import abort_tracking, check_tracking, finish_tracking, log_variant, start_tracking
+from tasks.record import (
+    abort_tracking,
+    check_tracking,
+    finish_tracking,
+    log_variant,
+    spool_results,
+    start_tracking,
+)
 from tasks.registry import register_best, report_promotion
 from tasks.report import report
 from tasks.train import train_variant
@@ -90,9 +97,8 @@ def train(
         # one after another: the loops are CPU-bound Python, and threads would only contend for the GIL
         results = [train_variant(v, prepared, settings) for v in settings.variants]
         evaluations = evaluate_variants(results, prepared, settings)
-        logged = [
-            log_variant.submit(run, t, evaluations.get(t.result.variant), prepared, settings) for t in results
-        ]
+        spooled = spool_results(run, results, evaluations, prepared, settings)
+        logged = [log_variant.submit(run, variant, folder) for variant, folder in spooled.items()]
         records = [future.result() for future in logged]
         summary = report(run, results, evaluations, records)
         finish_tracking(run, results, evaluations, settings, summary)

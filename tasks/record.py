@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from pathlib import Path
 
 from prefect import get_client, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -10,7 +12,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.runtime import deployment, flow_run
 from prefect.settings import get_current_settings
 
-from tasks import plots, tracking
+from tasks import plots, spool, tracking
 from tasks.data import LoadedData, PreparedData
 from tasks.train import TimedResult
 from training.config import TrainSettings
@@ -133,58 +135,120 @@ def _coefficients(predictor: LinearPredictor) -> dict[str, float]:
     }
 
 
-@task(name="log-variant", task_run_name="log-{timed.result.variant}", cache_policy=NO_CACHE)
-def log_variant(
-    run: Tracking,
-    timed: TimedResult,
-    evaluation: Evaluation | None,
-    prepared: PreparedData,
-    settings: TrainSettings,
-) -> VariantRecord:
-    """Record one variant as a child run: curves, metrics, plots and, if it converged, the model."""
-    logger = get_run_logger()
+class RecordingFailed(RuntimeError):
+    """MLflow could not take a variant's results; they wait in the spool for ``make upload``."""
+
+
+def build_payload(
+    timed: TimedResult, evaluation: Evaluation | None, prepared: PreparedData, settings: TrainSettings
+) -> spool.VariantPayload:
+    """Everything the child run of one variant will hold, as plain data."""
     r = timed.result
-    tags = {**_prefect_tags(), "variant": r.variant, "stop_reason": r.stop_reason}
-    params = {**settings.as_params(), "variant": r.variant}
-    run_id = tracking.start_run(
-        run.experiment_id,
-        r.variant,
-        tags,
-        params,
-        parent_run_id=run.parent_run_id,
-        start_time_ms=timed.started_ms,
+    columns = [*settings.features, settings.target]
+    return spool.VariantPayload(
+        variant=r.variant,
+        started_ms=timed.started_ms,
+        seconds=timed.seconds,
+        params=r.params.tolist(),
+        train_loss=r.train_loss,
+        val_loss=r.val_loss,
+        stop_reason=r.stop_reason,
+        message=r.message,
+        metrics=evaluation.metrics() if evaluation else None,
+        tags={**_prefect_tags(), "variant": r.variant, "stop_reason": r.stop_reason},
+        run_params={**settings.as_params(), "variant": r.variant},
+        features=list(settings.features),
+        target=settings.target,
+        epochs=settings.epochs,
+        normalizer=prepared.normalizer.to_dict(),
+        train_rows=prepared.train_frame[columns].to_dict(orient="records"),
+        val_rows=prepared.val_frame[columns].to_dict(orient="records"),
     )
+
+
+def record_payload(
+    payload: spool.VariantPayload, experiment_id: str, parent_run_id: str, folder: str | None = None
+) -> VariantRecord:
+    """Record one variant as a child run: curves, metrics, plots and, if it converged, the model.
+
+    Used by the flow and by ``ops.upload``. A child run left by an earlier failed attempt is closed as KILLED.
+    """
+    p = payload
+    if p.partial_run_id:
+        tracking.end_run(
+            p.partial_run_id, tracking.KILLED, note="superseded by a complete upload of the same results"
+        )
+    run_id = tracking.start_run(
+        experiment_id,
+        p.variant,
+        p.tags,
+        p.run_params,
+        parent_run_id=parent_run_id,
+        start_time_ms=p.started_ms,
+    )
+    if folder:
+        spool.note_partial_run(Path(folder), run_id)
     try:
         model_uri = None
-        if r.converged:
-            predictor = LinearPredictor(r.params, prepared.normalizer, settings.target, r.variant)
-            example = prepared.train_frame[list(settings.features)].head(3)
+        train_frame, val_frame = p.frames()
+        if p.converged:
+            predictor = p.predictor()
             # first: Model.log reads back the run's whole metric history, which is still empty here
-            model_uri = tracking.log_model(run_id, run.experiment_id, predictor, example)
-        tracking.log_curves(run_id, {"train_loss": r.train_loss, "val_loss": r.val_loss})
-        summary = {"epochs_run": float(r.epochs_run), "train_seconds": timed.seconds}
-        curve_plot = plots.loss_curve(r.variant, r.train_loss, r.val_loss, settings.epochs)
-        tracking.log_figure(run_id, curve_plot, "loss_curve.png")
-        if not r.converged:
+            model_uri = tracking.log_model(run_id, experiment_id, predictor, train_frame[p.features].head(3))
+        tracking.log_curves(run_id, {"train_loss": p.train_loss, "val_loss": p.val_loss})
+        summary = {"epochs_run": float(len(p.train_loss)), "train_seconds": p.seconds}
+        tracking.log_figure(
+            run_id, plots.loss_curve(p.variant, p.train_loss, p.val_loss, p.epochs), "loss_curve.png"
+        )
+        if not p.converged:
             tracking.log_metrics(run_id, summary)
-            tracking.end_run(run_id, tracking.FAILED, note=r.message)
-            return VariantRecord(r.variant, run_id, tracking.FAILED, None)
-        trained = {f"w_{f}": w for f, w in zip(settings.features, r.params[:-1].tolist(), strict=True)}
-        trained["b"] = float(r.params[-1])
+            tracking.end_run(run_id, tracking.FAILED, note=p.message)
+            return VariantRecord(p.variant, run_id, tracking.FAILED, None)
+        trained = {f"w_{f}": w for f, w in zip(p.features, p.params[:-1], strict=True)}
+        trained["b"] = p.params[-1]
         coefficients = _coefficients(predictor)
-        tracking.log_metrics(run_id, {**summary, **trained, **coefficients, **evaluation.metrics()})
+        tracking.log_metrics(run_id, {**summary, **trained, **coefficients, **p.metrics})
         tracking.log_dict(
             run_id, {"trained_space": trained, "original_units": coefficients}, "coefficients.json"
         )
-        fit = plots.fit_plot(predictor, prepared.train_frame, prepared.val_frame)
-        tracking.log_figure(run_id, fit, "fit.png")
+        tracking.log_figure(run_id, plots.fit_plot(predictor, train_frame, val_frame), "fit.png")
         tracking.set_tags(run_id, {"model_uri": model_uri})
         tracking.end_run(run_id, tracking.FINISHED)
     except BaseException as exc:
-        tracking.end_run(run_id, tracking.FAILED, note=f"recording failed: {exc!r}")
+        with contextlib.suppress(Exception):  # the server may be the thing that failed
+            tracking.end_run(run_id, tracking.FAILED, note=f"recording failed: {exc!r}")
         raise
-    logger.info("%s recorded as MLflow run %s, model %s", r.variant, run_id, model_uri)
-    return VariantRecord(r.variant, run_id, tracking.FINISHED, model_uri)
+    return VariantRecord(p.variant, run_id, tracking.FINISHED, model_uri)
+
+
+@task(name="spool-results", task_run_name="spool-results", cache_policy=NO_CACHE)
+def spool_results(
+    run: Tracking,
+    results: list[TimedResult],
+    evaluations: dict[str, Evaluation],
+    prepared: PreparedData,
+    settings: TrainSettings,
+) -> dict[str, str]:
+    """Keep every variant's results on local disk until MLflow has recorded them."""
+    payloads = [build_payload(t, evaluations.get(t.result.variant), prepared, settings) for t in results]
+    parent = {"experiment": settings.experiment, "epochs": settings.epochs}
+    return spool.write(run.parent_run_id, parent, payloads)
+
+
+@task(name="log-variant", task_run_name="log-{variant}", cache_policy=NO_CACHE)
+def log_variant(run: Tracking, variant: str, folder: str) -> VariantRecord:
+    """Record one spooled variant as a child run; on success its local copy is deleted."""
+    logger = get_run_logger()
+    try:
+        record = record_payload(spool.read(Path(folder)), run.experiment_id, run.parent_run_id, folder)
+    except Exception as exc:
+        raise RecordingFailed(
+            f"could not record {variant} in MLflow at {tracking.tracking_uri()}: {exc}. Its weights and "
+            f"curves are kept in {folder}; when the server is back, `make upload` records them as a full run"
+        ) from exc
+    spool.remove(folder)
+    logger.info("%s recorded as MLflow run %s, model %s", variant, record.run_id, record.model_uri)
+    return record
 
 
 @task(
@@ -203,27 +267,42 @@ def finish_tracking(
 ) -> str:
     """Close the parent run with the overlay plot, the best variant's metrics and the summary as its note."""
     curves = {t.result.variant: t.result.train_loss for t in results}
-    optimum = next(iter(evaluations.values())).optimum_mse if evaluations else None
-    tracking.log_figure(
-        run.parent_run_id, plots.loss_curves(curves, settings.epochs, optimum), "loss_curves.png"
-    )
-    metrics = {"variants_converged": float(len(evaluations))}
-    if evaluations:
-        # the best variant's headline numbers; each child run holds its own full set
-        metrics["optimum_mse"] = optimum
-        metrics["best_train_mse"] = min(ev.train["mse"] for ev in evaluations.values())
-        if any(ev.val for ev in evaluations.values()):
-            metrics["best_val_mse"] = min(ev.val["mse"] for ev in evaluations.values())
-            metrics["best_val_rmse"] = min(ev.val["rmse"] for ev in evaluations.values())
-    tracking.log_metrics(run.parent_run_id, metrics)
-    status = tracking.FINISHED if evaluations else tracking.FAILED
-    tracking.end_run(run.parent_run_id, status, note=f"{provenance()}\n\n{summary}")
+    metrics = {variant: ev.metrics() for variant, ev in evaluations.items()}
+    status = close_parent(run.parent_run_id, curves, metrics, settings.epochs, f"{provenance()}\n\n{summary}")
+    spool.cleanup(run.parent_run_id)
+    return status
+
+
+def close_parent(
+    parent_run_id: str,
+    curves: dict[str, list[float]],
+    metrics: dict[str, dict[str, float]],
+    epochs: int,
+    note: str,
+) -> str:
+    """Overlay plot, headline metrics of the best variant, note, and FINISHED (FAILED if none converged)."""
+    optimum = next(iter(metrics.values()))["optimum_mse"] if metrics else None
+    tracking.log_figure(parent_run_id, plots.loss_curves(curves, epochs, optimum), "loss_curves.png")
+    headline = {"variants_converged": float(len(metrics))}
+    if metrics:
+        # the best variant's numbers; each child run holds its own full set
+        headline["optimum_mse"] = optimum
+        headline["best_train_mse"] = min(m["train_mse"] for m in metrics.values())
+        if all("val_mse" in m for m in metrics.values()):
+            headline["best_val_mse"] = min(m["val_mse"] for m in metrics.values())
+            headline["best_val_rmse"] = min(m["val_rmse"] for m in metrics.values())
+    tracking.log_metrics(parent_run_id, headline)
+    status = tracking.FINISHED if metrics else tracking.FAILED
+    tracking.end_run(parent_run_id, status, note=note)
     return status
 
 
 @task(name="abort-mlflow-run", task_run_name="abort-mlflow-run", cache_policy=NO_CACHE)
 def abort_tracking(run: Tracking, reason: str) -> None:
-    """Mark the parent run FAILED with the reason, so no run is left RUNNING."""
-    tracking.end_run(
-        run.parent_run_id, tracking.FAILED, note=f"{provenance()}\n\nThe flow run failed: {reason}"
-    )
+    """Mark the parent run FAILED with the reason, so no run is left RUNNING (if the server still answers)."""
+    try:
+        tracking.end_run(
+            run.parent_run_id, tracking.FAILED, note=f"{provenance()}\n\nThe flow run failed: {reason}"
+        )
+    except Exception as exc:  # the tracking server itself may be what failed
+        get_run_logger().warning("could not mark MLflow run %s FAILED: %s", run.parent_run_id, exc)

@@ -328,3 +328,14 @@ def model_io(model_uri: str) -> tuple[list[str], str]:
     if info.signature is None:
         raise ValueError(f"{model_uri} has no signature; cannot tell which columns it needs")
     return info.signature.inputs.input_names(), info.signature.outputs.input_names()[0]
+
+
+def run_exists(run_id: str) -> bool:
+    """True when the tracking store has this run."""
+    try:
+        client().get_run(run_id)
+    except mlflow.exceptions.MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
+    return True

@@ -18,6 +18,7 @@ from ops import servers
 SESSION_DIR = Path(tempfile.mkdtemp(prefix="thermo-tests-"))
 os.environ.update(
     {
+        "PIPELINE_STATE_DIR": str(SESSION_DIR),
         "PREFECT_HOME": str(SESSION_DIR / "prefect"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",

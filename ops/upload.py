@@ -1,0 +1,64 @@
+"""Upload results that MLflow could not take during a run (``make upload``): each becomes a complete run.
+
+A training run whose tracking server went away for good fails with a message naming the folder where its
+weights and curves wait (``<state dir>/spool/<parent run id>/``). Once a server is back (the same one, or
+another: set ``MLFLOW_TRACKING_URI``), this records every waiting variant as a child run with its curves,
+metrics, plots and model, closes the parent run (created again if the server never had it), and deletes
+the local copy. Child runs left half-written by the failed attempt are marked KILLED.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import tasks  # noqa: F401  (defaults: the same stores and servers as make run)
+from tasks import spool, tracking
+from tasks.record import close_parent, record_payload
+
+
+def upload(parent_folder: Path) -> str:
+    """Record one spooled parent run and its variants; return the parent run id."""
+    parent = json.loads((parent_folder / "parent.json").read_text())
+    experiment_id = tracking.ensure_experiment(parent["experiment"])
+    folders = spool.variants(parent_folder)
+    payloads = [spool.read(f) for f in folders]
+    parent_run_id = parent["run_id"]
+    if not tracking.run_exists(parent_run_id):
+        first = payloads[0]
+        tags = {k: v for k, v in first.tags.items() if k.startswith("prefect.")}
+        params = {k: v for k, v in first.run_params.items() if k != "variant"}
+        parent_run_id = tracking.start_run(
+            experiment_id, tags.get("prefect.flow_run_name") or "upload", tags, params
+        )
+    for folder, payload in zip(folders, payloads, strict=True):
+        record_payload(payload, experiment_id, parent_run_id, str(folder))
+        spool.remove(folder)
+    curves = {p.variant: p.train_loss for p in payloads}
+    metrics = {p.variant: p.metrics for p in payloads if p.converged}
+    note = f"Recorded from the local spool ({parent_folder}): the tracking server was unreachable in the run."
+    close_parent(parent_run_id, curves, metrics, parent["epochs"], note)
+    spool.cleanup(parent["run_id"])
+    return parent_run_id
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: upload every waiting run, or the ones named."""
+    parser = argparse.ArgumentParser(prog="python -m ops.upload", description=__doc__.splitlines()[0])
+    parser.add_argument("parent_run_ids", nargs="*", help="spool folders to upload (default: all)")
+    args = parser.parse_args(argv)
+    folders = [f for run_id in args.parent_run_ids or [None] for f in spool.pending(run_id)]
+    if not folders:
+        print(f"nothing waits in {spool.spool_root()}")
+        return 0
+    tracking.check_reachable()
+    for folder in folders:
+        run_id = upload(folder)
+        print(f"uploaded {folder} as MLflow run {run_id} ({tracking.tracking_uri()})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""A local copy of each variant's results, kept until MLflow has them; ``ops.upload`` sends what is left.
+
+Layout under ``<state dir>/spool/<parent run id>/``: ``parent.json`` (experiment, run name, tags, params) and
+one folder per variant with ``payload.json`` (curves, parameters, metrics, data rows for the plots) and
+``model/`` (the weights and normalisation, as ``training.serving`` saves them).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from tasks.environment import state_dir
+from training.normalize import Normalizer
+from training.serving import LinearPredictor, save_model
+
+
+def spool_root() -> Path:
+    """Where unrecorded results wait: ``<state dir>/spool``."""
+    return state_dir() / "spool"
+
+
+@dataclass
+class VariantPayload:
+    """Everything needed to record one variant's child run, as plain data."""
+
+    variant: str
+    started_ms: int
+    seconds: float
+    params: list[float]  # [w..., b], normalised inputs
+    train_loss: list[float]
+    val_loss: list[float]
+    stop_reason: str
+    message: str
+    metrics: dict[str, float] | None  # Evaluation.metrics(); None for a diverged variant
+    tags: dict[str, str]
+    run_params: dict[str, Any]
+    features: list[str]
+    target: str
+    epochs: int
+    normalizer: dict
+    train_rows: list[dict] = field(default_factory=list)  # original units, for the fit plot and example
+    val_rows: list[dict] = field(default_factory=list)
+    partial_run_id: str | None = None  # a child run that a failed attempt left behind
+
+    @property
+    def converged(self) -> bool:
+        """True when the variant trained without a non-finite loss."""
+        return self.stop_reason == "completed"
+
+    def predictor(self) -> LinearPredictor:
+        """The trained model, in original units."""
+        return LinearPredictor(
+            torch.tensor(self.params), Normalizer.from_dict(self.normalizer), self.target, self.variant
+        )
+
+    def frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Training and validation rows in original units."""
+        columns = [*self.features, self.target]
+        return pd.DataFrame(self.train_rows, columns=columns), pd.DataFrame(self.val_rows, columns=columns)
+
+
+def write(parent_run_id: str, parent: dict[str, Any], payloads: list[VariantPayload]) -> dict[str, str]:
+    """Save the payloads (and the parent's description) before recording them; return their folders."""
+    root = spool_root() / parent_run_id
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "parent.json").write_text(json.dumps({**parent, "run_id": parent_run_id}, indent=1))
+    folders = {}
+    for payload in payloads:
+        folder = root / payload.variant
+        folder.mkdir(exist_ok=True)
+        (folder / "payload.json").write_text(json.dumps(asdict(payload)))
+        save_model(folder / "model", payload.predictor())
+        folders[payload.variant] = str(folder)
+    return folders
+
+
+def pending(parent_run_id: str | None = None) -> list[Path]:
+    """Parent folders that still hold unrecorded variants (all, or one parent run's)."""
+    root = spool_root()
+    folders = [root / parent_run_id] if parent_run_id else sorted(root.glob("*")) if root.exists() else []
+    return [f for f in folders if (f / "parent.json").exists()]
+
+
+def variants(parent_folder: Path) -> list[Path]:
+    """The variant folders under a parent folder."""
+    return sorted(p for p in parent_folder.iterdir() if (p / "payload.json").exists())
+
+
+def note_partial_run(folder: Path, run_id: str) -> None:
+    """Remember the child run that a failed recording attempt created (the upload closes it)."""
+    data = json.loads((folder / "payload.json").read_text())
+    data["partial_run_id"] = run_id
+    (folder / "payload.json").write_text(json.dumps(data))
+
+
+def read(folder: Path) -> VariantPayload:
+    """Load a payload written by ``write``."""
+    return VariantPayload(**json.loads((Path(folder) / "payload.json").read_text()))
+
+
+def remove(folder: Path | str) -> None:
+    """Delete a recorded variant's payload."""
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def cleanup(parent_run_id: str) -> None:
+    """Delete a parent folder once no variant waits in it."""
+    root = spool_root() / parent_run_id
+    if root.exists() and not variants(root):
+        shutil.rmtree(root, ignore_errors=True)
