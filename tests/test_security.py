@@ -7,10 +7,12 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 from ops import servers
 
@@ -122,3 +124,32 @@ def test_prefect_server_with_an_auth_string(tmp_path):
                 return [r.state_name for r in await client.read_flow_runs()]
 
         assert asyncio.run(flow_runs()) == ["Completed"]
+
+        # a worker with the auth string runs a deployment of the real prefect.yaml
+        spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
+        spec["deployments"] = [d for d in spec["deployments"] if d["name"] == "nightly"]
+        spec["deployments"][0]["parameters"].update(epochs=50, variants=["manual"], model_name=None)
+        spec["deployments"][0].pop("schedules")  # only the triggered run
+        (tmp_path / "prefect.yaml").write_text(yaml.safe_dump(spec))
+        cli_env = run_env | {"PIPELINE_MLFLOW_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+        prefect = [sys.executable, "-m", "ops.env", "prefect"]
+        for args in (["work-pool", "create", "thermometer", "--type", "process"],
+                     ["--no-prompt", "deploy", "--all", "--prefect-file", str(tmp_path / "prefect.yaml")],
+                     ["deployment", "run", "train/nightly"]):  # fmt: skip
+            done = subprocess.run([*prefect, *args], cwd=REPO, env=cli_env, capture_output=True, text=True)
+            assert done.returncode == 0, done.stdout + done.stderr
+        worker = servers.spawn(
+            [*prefect, "worker", "start", "--pool", "thermometer"], cli_env, tmp_path / "w.log"
+        )
+        try:
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline and sorted(asyncio.run(flow_runs())) != [
+                "Completed",
+                "Completed",
+            ]:
+                time.sleep(1)
+        finally:
+            servers.stop_group(worker.pid)
+        assert sorted(asyncio.run(flow_runs())) == ["Completed", "Completed"], (
+            tmp_path / "w.log"
+        ).read_text()[-3000:]

@@ -72,3 +72,14 @@ def test_train_and_evaluate_tasks_on_the_books_setting():
 def test_settings_are_checked_before_anything_runs(change, pattern):
     with pytest.raises(ConfigError, match=pattern):
         check_settings(TrainSettings(**change))
+
+
+def test_io_tasks_retry_and_math_tasks_do_not():
+    from tasks.evaluate import evaluate_variants
+    from tasks.predict import record_predictions, resolve_model
+    from tasks.record import finish_tracking, start_tracking
+
+    for io_task in (load_dataset, start_tracking, finish_tracking, resolve_model, record_predictions):
+        assert io_task.retries >= 2, io_task.name
+    for math_task in (prepare_data, train_variant, evaluate_variants):
+        assert not math_task.retries, math_task.name
