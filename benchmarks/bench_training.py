@@ -100,6 +100,7 @@ def flow_phases(log: str) -> dict[str, float]:
         "trained": "Task run 'train-optimizer' - Finished",
         "evaluated": "Task run 'evaluate' - Finished",
         "recorded": "Task run 'finish-mlflow-run' - Finished",
+        "registered": "Task run 'report-promotion' - Finished",
         "flow_end": "Flow run '.*' - Finished in state",
         "server_stop": "Stopping temporary server",
     }
@@ -115,8 +116,9 @@ def flow_phases(log: str) -> dict[str, float]:
         ("load + split + MLflow parent run", "flow_begin", "tracking_started"),
         ("training (3 variants)", "tracking_started", "trained"),
         ("evaluation", "trained", "evaluated"),
-        ("MLflow child runs, plots, models, report", "evaluated", "recorded"),
-        ("flow teardown", "recorded", "flow_end"),
+        ("spool, MLflow child runs, plots, models, report", "evaluated", "recorded"),
+        ("model registry (register, compare, alias)", "recorded", "registered"),
+        ("flow teardown", "registered", "flow_end"),
     ]
     return {name: marks[b] - marks[a] for name, a, b in spans if a in marks and b in marks}
 

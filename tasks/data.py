@@ -43,17 +43,13 @@ class PreparedData:
         return len(self.y_val) > 0
 
 
-def _is_transient(task, task_run, state) -> bool:
-    """Retry only I/O errors; a bad file stays bad."""
-    try:
-        state.result()
-    except DataError:
-        return False
-    except OSError:
-        return True
-    except Exception:
-        return False
-    return False
+def retry_unless(*permanent: type[BaseException]):
+    """A retry condition for I/O tasks: retry any failure but the ``permanent`` ones (bad data stays bad)."""
+
+    def condition(task, task_run, state) -> bool:
+        return not isinstance(state.result(raise_on_failure=False), permanent)
+
+    return condition
 
 
 @task(
@@ -61,7 +57,7 @@ def _is_transient(task, task_run, state) -> bool:
     task_run_name="load-dataset",
     retries=2,
     retry_delay_seconds=1,
-    retry_condition_fn=_is_transient,
+    retry_condition_fn=retry_unless(DataError),
     cache_policy=NO_CACHE,
 )
 def load_dataset(

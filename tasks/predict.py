@@ -13,7 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from tasks import tracking
-from tasks.data import LoadedData
+from tasks.data import LoadedData, retry_unless
 
 
 class ModelNotFound(LookupError):
@@ -38,17 +38,12 @@ def default_output(data: str) -> str:
     return str(path.with_name(f"{path.stem}.predictions{path.suffix or '.csv'}"))
 
 
-def _retry_unless_missing(task, task_run, state) -> bool:
-    """Retry tracking-server hiccups, not a model that does not exist."""
-    return not isinstance(state.result(raise_on_failure=False), ModelNotFound)
-
-
 @task(
     name="resolve-model",
     task_run_name="resolve-model",
     retries=2,
     retry_delay_seconds=2,
-    retry_condition_fn=_retry_unless_missing,
+    retry_condition_fn=retry_unless(ModelNotFound),
     cache_policy=NO_CACHE,
 )
 def resolve_model(model_name: str, alias: str) -> ResolvedModel:

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -35,6 +36,9 @@ logger = logging.getLogger(__name__)
 MODEL_NAME = "model"  # the logged model's name inside its run
 LOADER_MODULE = "training.serving"
 BATCH = 1000  # metrics per log_batch request (the server's limit)
+# Model.log validates the input example inside a context manager that sets and then deletes the process-wide
+# variable _MLFLOW_IS_IN_SERVING_ENVIRONMENT; two threads doing it at once raise KeyError. One at a time.
+_MODEL_LOG_LOCK = threading.Lock()
 
 
 def tracking_uri() -> str:
@@ -205,7 +209,7 @@ def log_model(
     logged = client().create_logged_model(
         experiment_id, name=MODEL_NAME, source_run_id=run_id, tags={"variant": predictor.variant}
     )
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _MODEL_LOG_LOCK:
         data_path = save_model(Path(tmp, "linear"), predictor)
         info = Model.log(
             artifact_path=None,

@@ -87,25 +87,9 @@ def test_several_features_converge_to_least_squares():
 def test_same_inputs_same_result_and_init_untouched():
     x, t = book()
     init = initial_params(1)
-    a = train(
-        "optimizer",
-        0.1 * x,
-        t,
-        lr=1e-2,
-        epochs=200,
-        init=init,
-        optimizer="SGD",
-        optimizer_options={"momentum": 0.9},
-    )
-    b = train(
-        "optimizer",
-        0.1 * x,
-        t,
-        lr=1e-2,
-        epochs=200,
-        init=init,
-        optimizer="SGD",
-        optimizer_options={"momentum": 0.9},
+    a, b = (
+        train("optimizer", 0.1 * x, t, lr=1e-2, epochs=200, init=init, optimizer_options={"momentum": 0.9})
+        for _ in range(2)
     )
     assert a.train_loss == b.train_loss
     assert torch.equal(a.params, b.params)

@@ -27,6 +27,18 @@ from ops import servers
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 EPOCHS = 200
+WORKER = [
+    sys.executable,
+    "-m",
+    "ops.env",
+    "prefect",
+    "worker",
+    "start",
+    "--pool",
+    "thermometer",
+    "--type",
+    "process",
+]
 
 pytestmark = pytest.mark.integration
 
@@ -125,18 +137,7 @@ def deployed(stack):
 def run_worker_until_final(stack: Stack, flow_run_ids: list, timeout: float = 240) -> list:
     """Start a real process worker, wait until the given flow runs are final, stop it; return the runs."""
     worker = servers.spawn(
-        [
-            sys.executable,
-            "-m",
-            "ops.env",
-            "prefect",
-            "worker",
-            "start",
-            "--pool",
-            "thermometer",
-            "--type",
-            "process",
-        ],
+        WORKER,
         stack.client_env,
         stack.tmp / "worker.log",
     )
@@ -397,26 +398,14 @@ def test_a_killed_run_is_marked_crashed_and_its_mlflow_runs_killed(stack, finish
     mlflow = MlflowClient(stack.mlflow)
     experiment = mlflow.get_experiment_by_name("thermometer")
     worker = servers.spawn(
-        [
-            sys.executable,
-            "-m",
-            "ops.env",
-            "prefect",
-            "worker",
-            "start",
-            "--pool",
-            "thermometer",
-            "--type",
-            "process",
-        ],
+        WORKER,
         stack.client_env,
         stack.tmp / "worker-kill.log",
     )
     try:
         deadline = time.monotonic() + 120
-        while (
-            time.monotonic() < deadline
-        ):  # wait until its MLflow parent run exists, so training is under way
+        # wait until its MLflow parent run exists, so training is under way
+        while time.monotonic() < deadline:
             parents = mlflow.search_runs(
                 [experiment.experiment_id], f"tags.`prefect.flow_run_id` = '{doomed.id}'"
             )
