@@ -43,7 +43,7 @@ bench: setup
 
 ## Delete local runtime state (Prefect home, MLflow database and artifacts).
 clean-state:
-	rm -rf .prefect mlflow.db mlartifacts mlruns
+	rm -rf .prefect mlflow.db mlartifacts mlruns spool
 
 # ---- servers, deployments, workers (see README: "Local servers" and "Scheduling") ----------------------------
 
