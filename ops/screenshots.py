@@ -18,6 +18,7 @@ from pathlib import Path
 from ops.servers import recorded
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
+ML = "workflowType=machine_learning"  # the MLflow UI's "Model training" view rather than its GenAI one
 FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--hide-scrollbars",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -78,9 +79,9 @@ def main() -> int:
     shots = {
         "prefect-flow-run.png": f"{prefect_ui}/runs/flow-run/{flow_run_id}",
         "prefect-deployments.png": f"{prefect_ui}/deployments",
-        "mlflow-runs.png": f"{mlflow_ui}/#/experiments/{experiment_id}/runs",
-        "mlflow-parent-run.png": f"{mlflow_ui}/#/experiments/{experiment_id}/runs/{parent_id}",
-        "mlflow-compare.png": f"{mlflow_ui}/#/compare-runs?runs={compare[0]}&experiments={compare[1]}",
+        "mlflow-runs.png": f"{mlflow_ui}/#/experiments/{experiment_id}/runs?{ML}",
+        "mlflow-parent-run.png": f"{mlflow_ui}/#/experiments/{experiment_id}/runs/{parent_id}?{ML}",
+        "mlflow-compare.png": f"{mlflow_ui}/#/compare-runs?runs={compare[0]}&experiments={compare[1]}&{ML}",
     }
     for name, url in shots.items():
         print(f"{name:<26} {url}")

@@ -255,7 +255,8 @@ def run_url(run_id: str, experiment_id: str) -> str | None:
     uri = tracking_uri()
     if not uri.startswith(("http://", "https://")):
         return None
-    return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    # workflowType: open MLflow's "Model training" view, not its GenAI one
+    return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
 
 
 def load_model(model_uri: str) -> Any:
