@@ -8,11 +8,13 @@ from prefect import flow
 from pydantic import Field
 
 from tasks.data import load_dataset
+from tasks.errors import fail_cleanly
 from tasks.predict import default_output, predict_rows, record_predictions, resolve_model, write_predictions
 from tasks.record import check_tracking
 
 
 @flow(name="predict", description="Predict Celsius for a file of raw readings with a registered model.")
+@fail_cleanly()
 def predict(
     data: str = "data/readings.csv",
     model_name: Annotated[str, Field(min_length=1)] = "thermometer",

@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import importlib
 
+    from prefect.exceptions import ParameterTypeError
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     module, _, name = FLOWS[argv[0]].partition(":")
@@ -48,7 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     embedded = not os.environ.get("PREFECT_API_URL")
     settings = temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}) if embedded else nullcontext()
     with settings:
-        state = flow(**params, return_state=True)
+        try:
+            state = flow(**params, return_state=True)
+        except ParameterTypeError as exc:
+            print(f"\n{flow.name}: invalid parameters, nothing was run:\n{exc}", file=sys.stderr)
+            return 2
     if state.is_completed():
         return 0
     print(f"\n{flow.name} ended {state.name}: {state.message}", file=sys.stderr)

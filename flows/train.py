@@ -12,6 +12,7 @@ from prefect import flow, get_run_logger
 from pydantic import BaseModel, Field
 
 from tasks.data import load_dataset, prepare_data
+from tasks.errors import fail_cleanly
 from tasks.evaluate import evaluate_variants
 from tasks.record import (
     abort_tracking,
@@ -47,6 +48,7 @@ class NoVariantConverged(RuntimeError):
     name="train",
     description="Fit t_c = w * t_u + b (or any linear model) three ways and record it in MLflow.",
 )
+@fail_cleanly(NoVariantConverged)
 def train(
     data: str = "data/thermometer.csv",
     features: Annotated[list[str], Field(min_length=1)] = ["t_u"],  # noqa: B006 (never mutated; shown in the UI form)
