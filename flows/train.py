@@ -5,7 +5,6 @@ Run it with ``make run`` or ``python -m flows.train [--epochs 100 ...]``; schedu
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Annotated, Any, Literal
 
 from prefect import flow, get_run_logger
@@ -23,7 +22,7 @@ from tasks.record import (
     start_tracking,
 )
 from tasks.registry import register_best, report_promotion
-from tasks.report import report
+from tasks.report import outcome, outcome_lines, report
 from tasks.train import train_variant
 from training.config import TrainSettings, check_settings
 from training.loops import HINT, VARIANTS, optimizer_classes
@@ -121,32 +120,7 @@ def train(
             f"no variant converged: the loss became non-finite ({where}, lr={lr}); {HINT}. "
             f"MLflow run {run.parent_run_id} records the curves."
         )
-    for t in results:
-        ev = evaluations.get(t.result.variant)
-        logger.info(
-            "%-9s %s",
-            t.result.variant,
-            f"final loss {t.result.train_loss[-1]:.6f}, train MSE {ev.train['mse']:.6f}, gap to optimum "
-            f"{ev.optimum_gap:.2g}" + (f", validation RMSE {ev.val['rmse']:.4f}" if ev.val else "")
-            if ev
-            else t.result.message,
-        )
+    for line in outcome_lines(results, evaluations):
+        logger.info(line)
     logger.info("Recorded in MLflow run %s", run.url or run.parent_run_id)
-    return {
-        "parent_run_id": run.parent_run_id,
-        "promotion": None if promotion is None else asdict(promotion),
-        "experiment_id": run.experiment_id,
-        "variants": {
-            rec.variant: {
-                "run_id": rec.run_id,
-                "status": rec.status,
-                "model_uri": rec.model_uri,
-                "final_loss": next(
-                    t.result.train_loss[-1] for t in results if t.result.variant == rec.variant
-                ),
-                "params": next(t.result.params.tolist() for t in results if t.result.variant == rec.variant),
-                **(evaluations[rec.variant].metrics() if rec.variant in evaluations else {}),
-            }
-            for rec in records
-        },
-    }
+    return outcome(run, results, evaluations, records, promotion)

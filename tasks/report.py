@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
+from typing import Any
 
 from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
@@ -95,3 +97,46 @@ def report(
     if run.url:
         create_link_artifact(link=run.url, link_text="MLflow parent run", key="mlflow-run")
     return markdown
+
+
+def outcome_lines(results: list[TimedResult], evaluations: dict[str, Evaluation]) -> list[str]:
+    """One line per variant for the end of the flow's log."""
+    lines = []
+    for t in results:
+        ev = evaluations.get(t.result.variant)
+        if ev is None:
+            lines.append(f"{t.result.variant:<9} {t.result.message}")
+            continue
+        val = f", validation RMSE {ev.val['rmse']:.4f}" if ev.val else ""
+        loss, mse, gap = t.result.train_loss[-1], ev.train["mse"], ev.optimum_gap
+        lines.append(
+            f"{t.result.variant:<9} final loss {loss:.6f}, train MSE {mse:.6f}, gap to optimum {gap:.2g}{val}"
+        )
+    return lines
+
+
+def outcome(
+    run: Tracking,
+    results: list[TimedResult],
+    evaluations: dict[str, Evaluation],
+    records: list[VariantRecord],
+    promotion: Any | None,
+) -> dict[str, Any]:
+    """The flow's return value: run ids, each variant's final loss, parameters and metrics, the promotion."""
+    by_variant = {t.result.variant: t.result for t in results}
+    return {
+        "parent_run_id": run.parent_run_id,
+        "experiment_id": run.experiment_id,
+        "promotion": None if promotion is None else asdict(promotion),
+        "variants": {
+            rec.variant: {
+                "run_id": rec.run_id,
+                "status": rec.status,
+                "model_uri": rec.model_uri,
+                "final_loss": by_variant[rec.variant].train_loss[-1],
+                "params": by_variant[rec.variant].params.tolist(),
+                **(evaluations[rec.variant].metrics() if rec.variant in evaluations else {}),
+            }
+            for rec in records
+        },
+    }
