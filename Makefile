@@ -64,11 +64,12 @@ stop: setup
 status: setup
 	@$(PY) -m ops.servers status
 
-## Create the work pool if missing and apply prefect.yaml (needs `make ui`, or PREFECT_API_URL set to a server).
+## Create the work pool if missing, apply prefect.yaml, create the zombie-run automation (needs a Prefect server).
 deploy: setup
 	@$(ENV) prefect work-pool inspect $(WORK_POOL) > /dev/null 2>&1 \
 		|| $(ENV) prefect work-pool create $(WORK_POOL) --type process
 	$(ENV) prefect --no-prompt deploy --all
+	$(ENV) $(PY) -m ops.automations
 
 ## Start a worker for the pool; it runs scheduled and triggered flow runs.
 worker: setup

@@ -45,7 +45,7 @@ def best_variant(evaluations: dict[str, Evaluation]) -> str:
 
 
 def _mse(model_uri: str, frame: pd.DataFrame, target: str) -> float:
-    predicted = tracking.load_model(model_uri).predict(frame)
+    predicted = tracking.load_model(model_uri).predict(frame.drop(columns=[target]))
     column = predicted[target] if isinstance(predicted, pd.DataFrame) else pd.Series(predicted)
     return float(((column.to_numpy() - frame[target].to_numpy()) ** 2).mean())
 

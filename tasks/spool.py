@@ -7,6 +7,7 @@ one folder per variant with ``payload.json`` (curves, parameters, metrics, data 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -115,3 +116,5 @@ def cleanup(parent_run_id: str) -> None:
     root = spool_root() / parent_run_id
     if root.exists() and not variants(root):
         shutil.rmtree(root, ignore_errors=True)
+    with contextlib.suppress(OSError):  # and the spool itself once empty
+        spool_root().rmdir()
