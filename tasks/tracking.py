@@ -245,11 +245,6 @@ def running_runs(experiment_id: str) -> list[tuple[str, str]]:
     return [(r.info.run_id, r.data.tags.get("prefect.flow_run_id", "")) for r in runs]
 
 
-def run_status(run_id: str) -> str:
-    """The run's status name (RUNNING, FINISHED, FAILED, KILLED)."""
-    return client().get_run(run_id).info.status
-
-
 def run_url(run_id: str, experiment_id: str) -> str | None:
     """A browser link to the run when tracking goes through an MLflow server; else None."""
     uri = tracking_uri()
