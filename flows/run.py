@@ -55,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n{flow.name}: invalid parameters, nothing was run:\n{exc}", file=sys.stderr)
             return 2
     if state.is_completed():
+        if embedded:
+            print(
+                "\nBrowse this run: `make ui`, then MLflow at http://127.0.0.1:5000 and Prefect at http://127.0.0.1:4200"
+            )
         return 0
     print(f"\n{flow.name} ended {state.name}: {state.message}", file=sys.stderr)
     return 1

@@ -89,8 +89,8 @@ def write_predictions(frame: pd.DataFrame, output: str) -> str:
     return str(path)
 
 
-@task(name="record-predictions", task_run_name="record-predictions", retries=2, retry_delay_seconds=2,
-      cache_policy=NO_CACHE)  # fmt: skip
+# one MLflow run per batch: no task retries, which could record it twice (MLflow retries each request)
+@task(name="record-predictions", task_run_name="record-predictions", cache_policy=NO_CACHE)
 def record_predictions(
     model: ResolvedModel, loaded: LoadedData, predictions: pd.DataFrame, output: str, experiment: str
 ) -> str:

@@ -102,13 +102,10 @@ def sweep_orphans(experiment_id: str) -> list[str]:
     return notes
 
 
-@task(
-    name="start-mlflow-run",
-    task_run_name="start-mlflow-run",
-    retries=2,
-    retry_delay_seconds=2,
-    cache_policy=NO_CACHE,
-)
+# No task-level retries on the tasks that write to MLflow: re-running one after a partial success would
+# create a second run and leave the first RUNNING. MLflow's client retries each request instead (seven
+# times, 1 to 64 s apart; tasks/environment.py), which is safe because each request is all-or-nothing.
+@task(name="start-mlflow-run", task_run_name="start-mlflow-run", cache_policy=NO_CACHE)
 def start_tracking(settings: TrainSettings, loaded: LoadedData) -> Tracking:
     """Create the parent run: flow parameters, Prefect ids, data hash, and the data set as input."""
     logger = get_run_logger()
@@ -251,13 +248,7 @@ def log_variant(run: Tracking, variant: str, folder: str) -> VariantRecord:
     return record
 
 
-@task(
-    name="finish-mlflow-run",
-    task_run_name="finish-mlflow-run",
-    retries=2,
-    retry_delay_seconds=2,
-    cache_policy=NO_CACHE,
-)
+@task(name="finish-mlflow-run", task_run_name="finish-mlflow-run", cache_policy=NO_CACHE)
 def finish_tracking(
     run: Tracking,
     results: list[TimedResult],

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 
 import pandas as pd
+import torch
 from prefect import get_client, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -19,6 +20,7 @@ from tasks import tracking
 from tasks.data import LoadedData, PreparedData
 from tasks.record import VariantRecord
 from training.evaluation import Evaluation
+from training.model import regression_metrics
 
 CHAMPION = "champion"
 # fault injection for the tests: hold the registry lock this long after reading the champion
@@ -45,9 +47,10 @@ def best_variant(evaluations: dict[str, Evaluation]) -> str:
 
 
 def _mse(model_uri: str, frame: pd.DataFrame, target: str) -> float:
-    predicted = tracking.load_model(model_uri).predict(frame.drop(columns=[target]))
-    column = predicted[target] if isinstance(predicted, pd.DataFrame) else pd.Series(predicted)
-    return float(((column.to_numpy() - frame[target].to_numpy()) ** 2).mean())
+    """MSE of a registered model on rows in original units, through the pyfunc interface users call."""
+    predicted = tracking.load_model(model_uri).predict(frame.drop(columns=[target]))[target]
+    actual, predicted = torch.tensor(frame[target].to_numpy()), torch.tensor(predicted.to_numpy())
+    return regression_metrics(actual, predicted)["mse"]
 
 
 def _ensure_lock(name: str) -> None:

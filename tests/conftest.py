@@ -38,6 +38,17 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data" / "thermometer.csv"
 
 
+def subprocess_env(state_dir: Path, **overrides: str) -> dict[str, str]:
+    """The environment for a pipeline subprocess with its own state directory and embedded defaults.
+
+    Drops this session's Prefect and MLflow settings, so the child derives its stores from ``state_dir``
+    and finds no server unless ``overrides`` name one.
+    """
+    dropped = ("PREFECT_", "MLFLOW_TRACKING_URI", "PIPELINE_ARTIFACT_ROOT")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(dropped)}
+    return env | {"PIPELINE_STATE_DIR": str(state_dir), "PIPELINE_DETECT_SERVERS": "false", **overrides}
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     """One temporary Prefect API for every flow test in the session (it costs 12-15 s to start)."""

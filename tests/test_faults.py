@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -12,6 +11,8 @@ import pytest
 from mlflow import MlflowClient
 
 from ops import servers
+
+from .conftest import subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 20000
@@ -26,9 +27,7 @@ def start_mlflow(port: int, tmp: Path) -> subprocess.Popen:
 
 
 def flow_env(tmp: Path, url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PIPELINE_STATE_DIR=str(tmp), MLFLOW_TRACKING_URI=url)
-    return env
+    return subprocess_env(tmp, MLFLOW_TRACKING_URI=url)
 
 
 def wait_for_child_run(client: MlflowClient, deadline: float, flow: subprocess.Popen) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -13,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from ops import servers
+
+from .conftest import subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = 8
@@ -73,10 +74,7 @@ def test_eight_concurrent_runs_all_complete_with_full_curves_and_the_best_champi
         with servers.running(
             cmd, servers.mlflow_env(), tmp_path / "mlflow.log", f"{url}/health", timeout=240
         ):
-            env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-            env.update(
-                PIPELINE_STATE_DIR=str(tmp_path), PREFECT_API_URL=prefect_server, MLFLOW_TRACKING_URI=url
-            )
+            env = subprocess_env(tmp_path, PREFECT_API_URL=prefect_server, MLFLOW_TRACKING_URI=url)
             model = f"load-{backend}-{uuid.uuid4().hex[:6]}"
             started = time.monotonic()
             procs = [

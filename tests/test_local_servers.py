@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,8 @@ import pytest
 from mlflow import MlflowClient
 
 from ops import servers
+
+from .conftest import subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.integration
@@ -27,8 +28,7 @@ def run(args: list[str], env: dict[str, str], timeout: float = 240) -> str:
 
 
 def test_ui_servers_show_earlier_runs_take_new_ones_and_stop_cleanly(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_TRACKING_URI"))}
-    env.update(PIPELINE_STATE_DIR=str(tmp_path), PIPELINE_DETECT_SERVERS="true")
+    env = subprocess_env(tmp_path, PIPELINE_DETECT_SERVERS="true")  # as a user's shell: servers are found
     train = ["-m", "flows.run", "train", "epochs=30", 'variants=["manual"]']
 
     # 1. make run with embedded defaults: no server, no traceback

@@ -16,6 +16,8 @@ import yaml
 
 from ops import servers
 
+from .conftest import subprocess_env
+
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.integration
 
@@ -56,14 +58,8 @@ def test_mlflow_refuses_anonymous_requests(auth_mlflow):
 
 def test_pipeline_runs_with_credentials_from_the_environment_and_writes_them_nowhere(auth_mlflow, tmp_path):
     url, password, server_dir = auth_mlflow
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
-    env.update(
-        PIPELINE_STATE_DIR=str(tmp_path),
-        MLFLOW_TRACKING_URI=url,
-        MLFLOW_TRACKING_USERNAME="admin",
-        MLFLOW_TRACKING_PASSWORD=password,
-    )
-    env.pop("PREFECT_HOME", None)
+    credentials = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password}
+    env = subprocess_env(tmp_path, MLFLOW_TRACKING_URI=url, **credentials)
     out = subprocess.run(
         [sys.executable, "-m", "flows.run", "train", "epochs=50", 'variants=["manual"]', "model_name=secure"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
@@ -108,8 +104,7 @@ def test_prefect_server_with_an_auth_string(tmp_path):
         assert requests.post(f"{api}/flows/filter", json={}, timeout=10).status_code == 401
         assert requests.post(f"{api}/flows/filter", json={}, auth=tuple(auth.split(":")), timeout=10).ok
 
-        run_env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-        run_env.update(PIPELINE_STATE_DIR=str(tmp_path), PREFECT_API_URL=api, PREFECT_API_AUTH_STRING=auth)
+        run_env = subprocess_env(tmp_path, PREFECT_API_URL=api, PREFECT_API_AUTH_STRING=auth)
         train = ["-m", "flows.run", "train", "epochs=50", 'variants=["manual"]', "model_name=null"]
         out = subprocess.run(
             [sys.executable, *train], cwd=REPO, env=run_env, capture_output=True, text=True, timeout=300

@@ -307,30 +307,14 @@ def test_mlflow_server_holds_the_runs_curves_plots_and_a_loadable_model(stack, f
 
 
 def chromium_dom(url: str) -> str:
-    """The page as headless Chromium renders it, after its scripts have run."""
-    browser = shutil.which("chromium")
-    assert browser, "chromium is missing: `make test` installs it (make chromium)"
+    """The page as headless Chromium renders it, after its scripts have run (the screenshots' flags)."""
+    from ops.screenshots import FLAGS, chromium
+
     with tempfile.TemporaryDirectory() as profile:
         out = subprocess.run(
-            [
-                browser,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                f"--user-data-dir={profile}",
-                "--virtual-time-budget=20000",
-                "--dump-dom",
-                url,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+            [chromium(), *FLAGS, f"--user-data-dir={profile}", "--dump-dom", url],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
     return out.stdout
 
 
