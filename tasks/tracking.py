@@ -17,9 +17,9 @@ import time
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import mlflow
 import pandas as pd
@@ -32,6 +32,7 @@ from mlflow.types import ColSpec, Schema
 from training.serving import LinearPredictor, save_model
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MODEL_NAME = "model"  # the logged model's name inside its run
 LOADER_MODULE = "training.serving"
@@ -190,7 +191,30 @@ def log_dataset(
             digest=digest[:20],
         )
     entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
-    client().log_inputs(run_id, datasets=[entity])
+    retry_on_conflict(lambda: client().log_inputs(run_id, datasets=[entity]))
+
+
+# What SQLite, PostgreSQL and MySQL say when an INSERT breaks a unique constraint.
+_CONFLICT_MARKERS = ("UNIQUE constraint failed", "duplicate key value violates unique", "Duplicate entry")
+
+
+def retry_on_conflict(call: Callable[[], T], attempts: int = 5) -> T:
+    """Run ``call`` again when the tracking store reports a lost insert race.
+
+    MLflow's SQL store looks a data set up and inserts it when missing, in one transaction: two runs that
+    log the same data set at the same moment both miss it and the second INSERT breaks the unique key
+    (experiment, name, digest). The failed transaction is rolled back, so the retry finds the winner's row
+    and links to it.
+    """
+    for attempt in range(attempts):
+        try:
+            return call()
+        except mlflow.exceptions.MlflowException as exc:
+            if attempt + 1 == attempts or not any(m in str(exc) for m in _CONFLICT_MARKERS):
+                raise
+            logger.debug("tracking store insert conflict, retrying: %s", str(exc).splitlines()[0])
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def log_model(

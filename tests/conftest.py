@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -105,3 +107,20 @@ def mlflow_server():
         mp.setenv("MLFLOW_TRACKING_URI", url)
         yield MlflowClient(url)
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def postgres_database():
+    """A fresh database on the local PostgreSQL server, dropped afterwards."""
+    import psycopg
+
+    name = f"thermo_test_{uuid.uuid4().hex[:8]}"
+    admin = "postgresql://postgres@127.0.0.1:5432/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')

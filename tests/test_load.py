@@ -13,30 +13,13 @@ import pytest
 
 from ops import servers
 
-from .conftest import subprocess_env
+from .conftest import postgres_database, subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = 8
 EPOCHS = [150 * (i + 1) for i in range(RUNS)]  # different lengths: different validation losses, one best
 
 pytestmark = pytest.mark.integration
-
-
-@contextmanager
-def postgres_database():
-    """A fresh database on the local PostgreSQL server, dropped afterwards."""
-    import psycopg
-
-    name = f"thermo_load_{uuid.uuid4().hex[:8]}"
-    admin = "postgresql://postgres@127.0.0.1:5432/postgres"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
 
 
 @contextmanager
