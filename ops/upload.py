@@ -3,8 +3,9 @@
 A training run whose tracking server went away for good fails with a message naming the folder where its
 weights and curves wait (``<state dir>/spool/<parent run id>/``). Once a server is back (the same one, or
 another: set ``MLFLOW_TRACKING_URI``), this records every waiting variant as a child run with its curves,
-metrics, plots and model, closes the parent run (created again if the server never had it), and deletes
-the local copy. Child runs left half-written by the failed attempt are marked KILLED.
+metrics, plots and model, closes the parent run (created again if the server never had it) with every
+variant's curve in its overlay, and deletes the local copy. Child runs left half-written by the failed
+attempt are marked KILLED.
 """
 
 from __future__ import annotations
@@ -20,26 +21,21 @@ from tasks.record import close_parent, record_payload
 
 
 def upload(parent_folder: Path) -> str:
-    """Record one spooled parent run and its variants; return the parent run id."""
+    """Record one spooled parent run and its waiting variants, close it; return the parent run id."""
     parent = json.loads((parent_folder / "parent.json").read_text())
     experiment_id = tracking.ensure_experiment(parent["experiment"])
-    folders = spool.variants(parent_folder)
-    payloads = [spool.read(f) for f in folders]
     parent_run_id = parent["run_id"]
     if not tracking.run_exists(parent_run_id):
-        first = payloads[0]
-        tags = {k: v for k, v in first.tags.items() if k.startswith("prefect.")}
-        params = {k: v for k, v in first.run_params.items() if k != "variant"}
+        tags = parent["tags"]
         parent_run_id = tracking.start_run(
-            experiment_id, tags.get("prefect.flow_run_name") or "upload", tags, params
+            experiment_id, tags.get("prefect.flow_run_name") or "upload", tags, parent["params"]
         )
-    for folder, payload in zip(folders, payloads, strict=True):
-        record_payload(payload, experiment_id, parent_run_id, str(folder))
+    for folder in spool.variants(parent_folder):
+        record_payload(spool.read(folder), experiment_id, parent_run_id, str(folder))
         spool.remove(folder)
-    curves = {p.variant: p.train_loss for p in payloads}
-    metrics = {p.variant: p.metrics for p in payloads if p.converged}
+    # the overlay and headline cover every variant, those recorded before MLflow went away included
     note = f"Recorded from the local spool ({parent_folder}): the tracking server was unreachable in the run."
-    close_parent(parent_run_id, curves, metrics, parent["epochs"], note)
+    close_parent(parent_run_id, parent["curves"], parent["metrics"], parent["epochs"], note)
     spool.cleanup(parent["run_id"])
     return parent_run_id
 

@@ -182,9 +182,9 @@ def record_payload(
         p.run_params,
         parent_run_id=parent_run_id,
         start_time_ms=p.started_ms,
+        # remembered at once: if MLflow goes away from here on, the upload closes this half-written run
+        on_created=(lambda run_id: spool.note_partial_run(Path(folder), run_id)) if folder else None,
     )
-    if folder:
-        spool.note_partial_run(Path(folder), run_id)
     try:
         model_uri = None
         train_frame, val_frame = p.frames()
@@ -228,7 +228,15 @@ def spool_results(
 ) -> dict[str, str]:
     """Keep every variant's results on local disk until MLflow has recorded them."""
     payloads = [build_payload(t, evaluations.get(t.result.variant), prepared, settings) for t in results]
-    parent = {"experiment": settings.experiment, "epochs": settings.epochs}
+    parent = {
+        "experiment": settings.experiment,
+        "epochs": settings.epochs,
+        "tags": _prefect_tags(),
+        "params": settings.as_params(),
+        # what closing the parent run needs, whichever variants are already recorded when MLflow goes away
+        "curves": {t.result.variant: t.result.train_loss for t in results},
+        "metrics": {variant: ev.metrics() for variant, ev in evaluations.items()},
+    }
     return spool.write(run.parent_run_id, parent, payloads)
 
 
@@ -256,10 +264,23 @@ def finish_tracking(
     settings: TrainSettings,
     summary: str,
 ) -> str:
-    """Close the parent run with the overlay plot, the best variant's metrics and the summary as its note."""
+    """Close the parent run with the overlay plot, the best variant's metrics and the summary as its note.
+
+    The spool keeps what closing needs until it is done: if MLflow goes away here, ``make upload`` closes it.
+    """
     curves = {t.result.variant: t.result.train_loss for t in results}
     metrics = {variant: ev.metrics() for variant, ev in evaluations.items()}
-    status = close_parent(run.parent_run_id, curves, metrics, settings.epochs, f"{provenance()}\n\n{summary}")
+    try:
+        status = close_parent(
+            run.parent_run_id, curves, metrics, settings.epochs, f"{provenance()}\n\n{summary}"
+        )
+    except Exception as exc:
+        kept = spool.spool_root() / run.parent_run_id
+        raise RecordingFailed(
+            f"could not close MLflow run {run.parent_run_id} at {tracking.tracking_uri()}: {exc}. Every "
+            f"variant is recorded; the run's summary is kept in {kept}; when the server is back, "
+            "`make upload` closes the run"
+        ) from exc
     spool.cleanup(run.parent_run_id)
     return status
 

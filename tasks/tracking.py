@@ -115,13 +115,20 @@ def start_run(
     params: Mapping[str, Any],
     parent_run_id: str | None = None,
     start_time_ms: int | None = None,
+    on_created: Callable[[str], None] | None = None,
 ) -> str:
-    """Create a run (a child when ``parent_run_id`` is given), log its params once, return its id."""
+    """Create a run (a child when ``parent_run_id`` is given), log its params once, return its id.
+
+    ``on_created`` gets the id as soon as the run exists, before the params are sent: a caller that must
+    close the run after a failure learns it even when the params request is the one that fails.
+    """
     all_tags = dict(tags)
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     run = client().create_run(experiment_id, start_time=start_time_ms, tags=all_tags, run_name=run_name)
     run_id = run.info.run_id
+    if on_created:
+        on_created(run_id)
     client().log_batch(run_id, params=[Param(k, _param_value(v)) for k, v in params.items()])
     return run_id
 

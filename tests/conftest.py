@@ -124,3 +124,19 @@ def postgres_database():
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
             conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """A real Prefect server for a module's pipeline subprocesses.
+
+    A flow run on it skips the temporary server's start-up (about 11 s); the registry lock lives there.
+    """
+    tmp = tmp_path_factory.mktemp("prefect-server")
+    port = servers.free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = servers.prefect_env(tmp / "home", api)
+    with servers.running(
+        servers.prefect_command("127.0.0.1", port), env, tmp / "prefect.log", f"{api}/health"
+    ):
+        yield api

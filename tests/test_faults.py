@@ -15,7 +15,10 @@ from ops import servers
 from .conftest import subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
-EPOCHS = 20000
+# Long enough runs that a kill as the first child run appears lands while the variants are being recorded
+# (the test of a kill after them, as the parent run closes, sets that moment up itself).
+EPOCHS = 5000  # the book's run length
+LONG_EPOCHS = 20000  # the run whose results must still be waiting in the spool
 pytestmark = pytest.mark.integration
 
 
@@ -26,8 +29,8 @@ def start_mlflow(port: int, tmp: Path) -> subprocess.Popen:
     return proc
 
 
-def flow_env(tmp: Path, url: str) -> dict[str, str]:
-    return subprocess_env(tmp, MLFLOW_TRACKING_URI=url)
+def flow_env(tmp: Path, url: str, prefect_api: str) -> dict[str, str]:
+    return subprocess_env(tmp, MLFLOW_TRACKING_URI=url, PREFECT_API_URL=prefect_api)
 
 
 def wait_for_child_run(client: MlflowClient, deadline: float, flow: subprocess.Popen) -> None:
@@ -43,18 +46,19 @@ def wait_for_child_run(client: MlflowClient, deadline: float, flow: subprocess.P
     pytest.fail("no child run appeared")
 
 
-def test_mlflow_restarted_mid_run_loses_nothing(tmp_path):
+def test_mlflow_restarted_mid_run_loses_nothing(prefect_server, tmp_path):
     port = servers.free_port()
     url = f"http://127.0.0.1:{port}"
     server = start_mlflow(port, tmp_path)
     flow = subprocess.Popen(
         [sys.executable, "-m", "flows.run", "train", f"epochs={EPOCHS}"],
-        cwd=REPO, env=flow_env(tmp_path, url), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=REPO, env=flow_env(tmp_path, url, prefect_server),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
         wait_for_child_run(MlflowClient(url), time.monotonic() + 180, flow)  # recording has begun
         servers.stop_group(server.pid, timeout=0.1)  # SIGTERM, then SIGKILL: gone mid-recording
-        time.sleep(15)
+        time.sleep(5)  # down for the restart too: about 10 s in all
         server = start_mlflow(port, tmp_path)
         output = flow.communicate(timeout=400)[0]
     finally:
@@ -80,16 +84,16 @@ def test_mlflow_restarted_mid_run_loses_nothing(tmp_path):
         servers.stop_group(server.pid)
 
 
-def test_mlflow_gone_for_good_keeps_the_results_and_upload_records_them_later(tmp_path):
+def test_mlflow_gone_for_good_keeps_the_results_and_upload_records_them_later(prefect_server, tmp_path):
     port = servers.free_port()
     url = f"http://127.0.0.1:{port}"
     server = start_mlflow(port, tmp_path)
-    env = flow_env(tmp_path, url) | {
+    env = flow_env(tmp_path, url, prefect_server) | {
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
         "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     }
     flow = subprocess.Popen(
-        [sys.executable, "-m", "flows.run", "train", f"epochs={EPOCHS}"],
+        [sys.executable, "-m", "flows.run", "train", f"epochs={LONG_EPOCHS}"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
@@ -98,8 +102,9 @@ def test_mlflow_gone_for_good_keeps_the_results_and_upload_records_them_later(tm
         output = flow.communicate(timeout=400)[0]
     finally:
         flow.kill()
-    assert flow.returncode == 1
-    assert "RecordingFailed" in output and "could not record" in output and "make upload" in output
+    assert flow.returncode == 1, output[-4000:]
+    message = ("RecordingFailed", "could not record", "make upload")
+    assert all(m in output for m in message), output[-4000:]
     spooled = sorted((tmp_path / "spool").glob("*/*/payload.json"))
     assert spooled, output[-3000:]
     assert all((p.parent / "model" / "weights.pt").exists() for p in spooled)
@@ -107,8 +112,8 @@ def test_mlflow_gone_for_good_keeps_the_results_and_upload_records_them_later(tm
     server = start_mlflow(port, tmp_path)  # the same store, later
     try:
         out = subprocess.run(
-            [sys.executable, "-m", "ops.upload"], cwd=REPO, env=flow_env(tmp_path, url), capture_output=True,
-            text=True, timeout=300,
+            [sys.executable, "-m", "ops.upload"], cwd=REPO, env=flow_env(tmp_path, url, prefect_server),
+            capture_output=True, text=True, timeout=300,
         )  # fmt: skip
         assert out.returncode == 0, out.stdout + out.stderr
         assert not list((tmp_path / "spool").glob("*"))
@@ -123,8 +128,100 @@ def test_mlflow_gone_for_good_keeps_the_results_and_upload_records_them_later(tm
         assert sorted(r.data.tags["variant"] for r in complete) == ["autograd", "manual", "optimizer"]
         for child in complete:
             steps = {m.step for m in client.get_metric_history(child.info.run_id, "train_loss")}
-            assert steps == set(range(1, EPOCHS + 1))
+            assert steps == set(range(1, LONG_EPOCHS + 1))
             assert "model_uri" in child.data.tags
         assert not [r for r in runs if r.info.status == "RUNNING"]
+    finally:
+        servers.stop_group(server.pid)
+
+
+def trained(settings):
+    """The flow's first steps, through the tasks: loaded data, split, three trained variants, evaluations."""
+    from tasks.data import load_dataset, prepare_data
+    from tasks.evaluate import evaluate_variants
+    from tasks.train import train_variant
+
+    loaded = load_dataset.fn(str(REPO / "data" / "thermometer.csv"), ["t_u"], "t_c")
+    prepared = prepare_data.fn(loaded, ["t_u"], "t_c", "scale", 0.1, 0.2, 42)
+    results = [train_variant.fn(v, prepared, settings) for v in settings.variants]
+    return loaded, prepared, results, evaluate_variants.fn(results, prepared, settings)
+
+
+def test_upload_to_a_server_that_never_saw_the_run_creates_it_whole(tmp_path, monkeypatch):
+    """Results spooled against one server, uploaded to another: the parent run is created again."""
+    from prefect.logging import disable_run_logger
+
+    from ops.upload import upload
+    from tasks import spool
+    from tasks.record import Tracking, spool_results
+    from training.config import TrainSettings
+
+    monkeypatch.setenv("PIPELINE_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/other.db")
+    monkeypatch.setenv("PIPELINE_ARTIFACT_ROOT", str(tmp_path / "artifacts"))
+    settings = TrainSettings(epochs=300, experiment="elsewhere")
+    with disable_run_logger():
+        _, prepared, results, evaluations = trained(settings)
+        lost = Tracking(experiment_id="0", parent_run_id="f" * 32, url=None)  # a run this store never had
+        spool_results.fn(lost, results, evaluations, prepared, settings)
+    [waiting] = spool.pending()
+    parent_run_id = upload(waiting)
+    client = MlflowClient()
+    parent = client.get_run(parent_run_id)
+    assert parent_run_id != lost.parent_run_id and parent.info.status == "FINISHED"
+    assert parent.data.params["epochs"] == "300" and parent.data.metrics["variants_converged"] == 3
+    experiment = client.get_experiment_by_name("elsewhere")
+    children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'")
+    assert sorted(c.data.tags["variant"] for c in children) == ["autograd", "manual", "optimizer"]
+    for child in children:
+        assert child.info.status == "FINISHED" and "model_uri" in child.data.tags
+        steps = {m.step for m in client.get_metric_history(child.info.run_id, "train_loss")}
+        assert steps == set(range(1, 301))
+    assert not spool.pending()
+
+
+def test_mlflow_gone_while_the_parent_run_closes_then_upload_closes_it(
+    prefect_harness, tmp_path, monkeypatch
+):
+    """Every variant recorded, then the server dies: a clear message, and `make upload` finishes the run."""
+    from prefect.logging import disable_run_logger
+
+    from ops.upload import upload
+    from tasks import spool
+    from tasks.record import RecordingFailed, finish_tracking, log_variant, spool_results, start_tracking
+    from training.config import TrainSettings
+
+    port = servers.free_port()
+    url = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    monkeypatch.setenv("PIPELINE_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    server = start_mlflow(port, tmp_path)
+    settings = TrainSettings(epochs=300)
+    with disable_run_logger():
+        loaded, prepared, results, evaluations = trained(settings)
+        try:
+            run = start_tracking.fn(settings, loaded)
+            for variant, folder in spool_results.fn(run, results, evaluations, prepared, settings).items():
+                log_variant.fn(run, variant, folder)
+        finally:
+            servers.stop_group(server.pid, timeout=0.1)  # gone before the parent run is closed
+        closing = "could not close MLflow run .*`make upload` closes the run"
+        with pytest.raises(RecordingFailed, match=closing):
+            finish_tracking.fn(run, results, evaluations, settings, "summary")
+    [waiting] = spool.pending()
+    assert not spool.variants(waiting)  # the variants are recorded; only the parent's summary waits
+
+    server = start_mlflow(port, tmp_path)
+    try:
+        assert upload(waiting) == run.parent_run_id
+        client = MlflowClient(url)
+        parent = client.get_run(run.parent_run_id)
+        assert parent.info.status == "FINISHED"
+        assert parent.data.metrics["variants_converged"] == 3  # every variant, though none was in the spool
+        best = min(ev.metrics()["val_mse"] for ev in evaluations.values())
+        assert parent.data.metrics["best_val_mse"] == pytest.approx(best)
+        assert "loss_curves.png" in {a.path for a in client.list_artifacts(run.parent_run_id)}
+        assert not spool.pending()
     finally:
         servers.stop_group(server.pid)

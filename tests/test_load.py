@@ -31,19 +31,6 @@ def backend_store(kind: str, tmp: Path):
             yield uri
 
 
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory):
-    """One real Prefect server for the eight processes (the registry lock lives there)."""
-    tmp = tmp_path_factory.mktemp("load-prefect")
-    port = servers.free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = servers.prefect_env(tmp / "home", api)
-    with servers.running(
-        servers.prefect_command("127.0.0.1", port), env, tmp / "prefect.log", f"{api}/health"
-    ):
-        yield api
-
-
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_eight_concurrent_runs_all_complete_with_full_curves_and_the_best_champion(
     prefect_server, backend, tmp_path
