@@ -51,35 +51,34 @@ def baseline_functions() -> dict:
     return namespace
 
 
-def baseline_loop_seconds(repeats: int) -> dict[str, float]:
-    """Median seconds per baseline loop, run in this process after the same warm-up as the library."""
+def loop_seconds(repeats: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Median seconds per loop, baseline and library, in this process.
+
+    Each repeat runs the baseline's loop and then the library's variant, one after the other, so that a
+    change in the machine's speed during the benchmark (other load, frequency) affects both alike. The
+    library's loops record the per-epoch curve; the baseline's record nothing.
+    """
     ns = baseline_functions()
-    loops = {"manual": ns["manual"], "autograd": ns["autograd"], "optimizer": ns["optim"]}
-    times: dict[str, list[float]] = {}
-    for _ in range(repeats):
-        for name, loop in loops.items():
-            t0 = time.perf_counter()
-            loop(torch.tensor([1.0, 0.0]))
-            times.setdefault(name, []).append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
-def library_loop_seconds(repeats: int) -> dict[str, float]:
-    """Median seconds per library variant in this process, with the per-epoch curve recorded."""
+    baseline = {"manual": ns["manual"], "autograd": ns["autograd"], "optimizer": ns["optim"]}
     frame = load_table(REPO / "data" / "thermometer.csv", ["t_u"], "t_c")
     x, y = to_tensors(frame, ["t_u"], "t_c")
     x = 0.1 * x
     train(
         "optimizer", x, y, lr=1e-2, epochs=2, init=initial_params(1)
     )  # first SGD step imports torch._dynamo
-    times: dict[str, list[float]] = {}
+    base: dict[str, list[float]] = {}
+    lib: dict[str, list[float]] = {}
     for _ in range(repeats):
-        for variant in ("manual", "autograd", "optimizer"):
+        for variant, loop in baseline.items():
+            t0 = time.perf_counter()
+            loop(torch.tensor([1.0, 0.0]))
+            base.setdefault(variant, []).append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             r = train(variant, x, y, lr=1e-2, epochs=EPOCHS, init=initial_params(1))
-            times.setdefault(variant, []).append(time.perf_counter() - t0)
+            lib.setdefault(variant, []).append(time.perf_counter() - t0)
             assert len(r.train_loss) == EPOCHS
-    return {k: statistics.median(v) for k, v in times.items()}
+    median = statistics.median
+    return {k: median(v) for k, v in base.items()}, {k: median(v) for k, v in lib.items()}
 
 
 def _stamp(line: str) -> float | None:
@@ -147,8 +146,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, {EPOCHS} epochs, median of {args.repeats}\n")
 
-    lib = library_loop_seconds(args.repeats)  # warms up torch.optim (its first step imports torch._dynamo)
-    base = baseline_loop_seconds(args.repeats)
+    base, lib = loop_seconds(args.repeats)
     print(f"{'loop':<10} {'baseline s':>11} {'library s':>10} {'ratio':>6}  (library records each epoch)")
     for variant in ("manual", "autograd", "optimizer"):
         print(

@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 
 from training.errors import ConfigError
-from training.model import mse, mse_grad, predict
+from training.model import design_matrix, mse, mse_grad_design, predict_design
 
 logger = logging.getLogger(__name__)
 
@@ -97,20 +97,20 @@ def initial_params(
     return torch.tensor([*weights, float(init_bias)])
 
 
-def _manual_step(x: torch.Tensor, y: torch.Tensor, lr: float) -> Step:
+def _manual_step(design: torch.Tensor, y: torch.Tensor, lr: float) -> Step:
     def step(params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        t_p = predict(x, params)
+        t_p = predict_design(design, params)
         loss = mse(t_p, y)
-        return loss, params - lr * mse_grad(x, y, t_p)
+        return loss, params - lr * mse_grad_design(design, y, t_p)
 
     return step
 
 
-def _autograd_step(x: torch.Tensor, y: torch.Tensor, lr: float) -> Step:
+def _autograd_step(design: torch.Tensor, y: torch.Tensor, lr: float) -> Step:
     def step(params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if params.grad is not None:
             params.grad.zero_()
-        loss = mse(predict(x, params), y)
+        loss = mse(predict_design(design, params), y)
         loss.backward()
         with torch.no_grad():
             params -= lr * params.grad  # in place: rebinding would drop requires_grad (the blog's bug)
@@ -119,9 +119,9 @@ def _autograd_step(x: torch.Tensor, y: torch.Tensor, lr: float) -> Step:
     return step
 
 
-def _optimizer_step(optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> Step:
+def _optimizer_step(optimizer: torch.optim.Optimizer, design: torch.Tensor, y: torch.Tensor) -> Step:
     def step(params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        loss = mse(predict(x, params), y)
+        loss = mse(predict_design(design, params), y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -171,25 +171,27 @@ def train(
     if not lr > 0:
         raise ConfigError(f"lr must be > 0, got {lr}")
     params = init.detach().clone().to(x.dtype)
+    design = design_matrix(x)  # once, not every epoch
     if variant == "manual":
-        step = _manual_step(x, y, lr)
+        step = _manual_step(design, y, lr)
     elif variant == "autograd":
         params.requires_grad_(True)
-        step = _autograd_step(x, y, lr)
+        step = _autograd_step(design, y, lr)
     elif variant == "optimizer":
         params.requires_grad_(True)
-        step = _optimizer_step(make_optimizer(optimizer, [params], lr, optimizer_options), x, y)
+        step = _optimizer_step(make_optimizer(optimizer, [params], lr, optimizer_options), design, y)
     else:
         raise ConfigError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
 
     has_val = x_val is not None and y_val is not None and len(y_val) > 0
+    design_val = design_matrix(x_val) if has_val else None
     result = TrainResult(variant=variant, params=params)
     train_curve, val_curve = result.train_loss, result.val_loss
     for epoch in range(1, epochs + 1):
         val_value = None
         if has_val:
             with torch.no_grad():
-                val_value = mse(predict(x_val, params), y_val).item()
+                val_value = mse(predict_design(design_val, params), y_val).item()
             val_curve.append(val_value)
         loss, params = step(params)
         value = loss.item()

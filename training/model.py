@@ -11,9 +11,23 @@ import math
 import torch
 
 
+def design_matrix(x: torch.Tensor) -> torch.Tensor:
+    """``[x, 1]``, shape (n, k + 1): with it the model is one product, ``design_matrix(x) @ params``."""
+    return torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)
+
+
 def predict(x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-    """Linear model: ``x`` (n, k), ``params`` (k + 1,) -> predictions (n,), i.e. ``x @ w + b``."""
-    return torch.addmv(params[-1], x, params[:-1])  # one fused op (and one autograd node) instead of two
+    """Linear model: ``x`` (n, k), ``params`` (k + 1,) = ``[w..., b]`` -> predictions (n,): ``x @ w + b``."""
+    return predict_design(design_matrix(x), params)
+
+
+def predict_design(design: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """``predict`` for a precomputed ``design_matrix``: one matrix-vector product, one autograd node.
+
+    The training loops build the design matrix once; each epoch is then a single product, with no slicing
+    of ``params`` into ``w`` and ``b`` (views that autograd would have to track every epoch).
+    """
+    return design @ params
 
 
 def mse(t_p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -28,8 +42,12 @@ def mse_grad(x: torch.Tensor, t: torch.Tensor, t_p: torch.Tensor) -> torch.Tenso
     ``dL/dw = 2/n * x^T (t_p - t)`` and ``dL/db = 2/n * sum(t_p - t)``
     (the book's ``grad_fn``, generalised to k features).
     """
-    dloss_dtp = 2 * (t_p - t) / t_p.size(0)  # (n,)
-    return torch.cat([x.T @ dloss_dtp, dloss_dtp.sum().reshape(1)])
+    return mse_grad_design(design_matrix(x), t, t_p)
+
+
+def mse_grad_design(design: torch.Tensor, t: torch.Tensor, t_p: torch.Tensor) -> torch.Tensor:
+    """``mse_grad`` for a precomputed ``design_matrix``: both parts at once, ``2/n * [x, 1]^T (t_p - t)``."""
+    return design.T @ (2 * (t_p - t) / t_p.size(0))
 
 
 def autograd_grad(x: torch.Tensor, t: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
@@ -53,8 +71,7 @@ def gradient_gap(x: torch.Tensor, t: torch.Tensor, params: torch.Tensor) -> floa
 
 def least_squares(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Closed-form least-squares ``[w..., b]`` for ``x`` (n, k) and ``t`` (n,), in float64 (exact)."""
-    x64 = x.to(torch.float64)
-    design = torch.cat([x64, torch.ones(x64.shape[0], 1, dtype=torch.float64)], dim=1)  # (n, k + 1)
+    design = design_matrix(x.to(torch.float64))
     solution = torch.linalg.lstsq(design, t.to(torch.float64).unsqueeze(1), driver="gelsd").solution
     return solution.squeeze(1)
 
