@@ -218,6 +218,14 @@ def record_payload(
     return VariantRecord(p.variant, run_id, tracking.FINISHED, model_uri)
 
 
+def _closing(results: list[TimedResult], evaluations: dict[str, Evaluation]) -> dict[str, dict]:
+    """What ``close_parent`` needs: every variant's training curve, every converged variant's metrics."""
+    return {
+        "curves": {t.result.variant: t.result.train_loss for t in results},
+        "metrics": {variant: ev.metrics() for variant, ev in evaluations.items()},
+    }
+
+
 @task(name="spool-results", task_run_name="spool-results", cache_policy=NO_CACHE)
 def spool_results(
     run: Tracking,
@@ -234,8 +242,7 @@ def spool_results(
         "tags": _prefect_tags(),
         "params": settings.as_params(),
         # what closing the parent run needs, whichever variants are already recorded when MLflow goes away
-        "curves": {t.result.variant: t.result.train_loss for t in results},
-        "metrics": {variant: ev.metrics() for variant, ev in evaluations.items()},
+        **_closing(results, evaluations),
     }
     return spool.write(run.parent_run_id, parent, payloads)
 
@@ -268,11 +275,12 @@ def finish_tracking(
 
     The spool keeps what closing needs until it is done: if MLflow goes away here, ``make upload`` closes it.
     """
-    curves = {t.result.variant: t.result.train_loss for t in results}
-    metrics = {variant: ev.metrics() for variant, ev in evaluations.items()}
     try:
         status = close_parent(
-            run.parent_run_id, curves, metrics, settings.epochs, f"{provenance()}\n\n{summary}"
+            run.parent_run_id,
+            **_closing(results, evaluations),
+            epochs=settings.epochs,
+            note=f"{provenance()}\n\n{summary}",
         )
     except Exception as exc:
         kept = spool.spool_root() / run.parent_run_id

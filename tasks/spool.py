@@ -1,8 +1,10 @@
 """A local copy of each variant's results, kept until MLflow has them; ``ops.upload`` sends what is left.
 
-Layout under ``<state dir>/spool/<parent run id>/``: ``parent.json`` (experiment, run name, tags, params) and
-one folder per variant with ``payload.json`` (curves, parameters, metrics, data rows for the plots) and
-``model/`` (the weights and normalisation, as ``training.serving`` saves them).
+Layout under ``<state dir>/spool/<parent run id>/``: ``parent.json`` (experiment, epochs, tags, params, and
+every variant's curve and metrics for closing the parent run) and
+one folder per variant with ``payload.json`` (curves, parameters, metrics, data rows for the plots),
+``model/`` (the weights and normalisation, as ``training.serving`` saves them) and, once a recording attempt
+has created its child run, ``partial_run_id``.
 """
 
 from __future__ import annotations
@@ -94,16 +96,21 @@ def variants(parent_folder: Path) -> list[Path]:
     return sorted(p for p in parent_folder.iterdir() if (p / "payload.json").exists())
 
 
+PARTIAL_RUN = "partial_run_id"  # beside payload.json: the curves are not rewritten to note one id
+
+
 def note_partial_run(folder: Path, run_id: str) -> None:
-    """Remember the child run that a failed recording attempt created (the upload closes it)."""
-    data = json.loads((folder / "payload.json").read_text())
-    data["partial_run_id"] = run_id
-    (folder / "payload.json").write_text(json.dumps(data))
+    """Remember the child run a recording attempt created (if the attempt fails, the upload closes it)."""
+    (Path(folder) / PARTIAL_RUN).write_text(run_id)
 
 
 def read(folder: Path) -> VariantPayload:
-    """Load a payload written by ``write``."""
-    return VariantPayload(**json.loads((Path(folder) / "payload.json").read_text()))
+    """Load a payload written by ``write``, with the child run an earlier attempt left, if any."""
+    folder = Path(folder)
+    payload = VariantPayload(**json.loads((folder / "payload.json").read_text()))
+    if (folder / PARTIAL_RUN).exists():
+        payload.partial_run_id = (folder / PARTIAL_RUN).read_text().strip()
+    return payload
 
 
 def remove(folder: Path | str) -> None:

@@ -213,15 +213,15 @@ def retry_on_conflict(call: Callable[[], T], attempts: int = 5) -> T:
     (experiment, name, digest). The failed transaction is rolled back, so the retry finds the winner's row
     and links to it.
     """
-    for attempt in range(attempts):
+    for attempt in range(1, attempts):
         try:
             return call()
         except mlflow.exceptions.MlflowException as exc:
-            if attempt + 1 == attempts or not any(m in str(exc) for m in _CONFLICT_MARKERS):
+            if not any(m in str(exc) for m in _CONFLICT_MARKERS):
                 raise
             logger.debug("tracking store insert conflict, retrying: %s", str(exc).splitlines()[0])
-            time.sleep(0.05 * (attempt + 1))
-    raise AssertionError("unreachable")
+            time.sleep(0.05 * attempt)
+    return call()  # the last attempt: its error, whatever it is, goes to the caller
 
 
 def log_model(

@@ -152,7 +152,7 @@ def test_upload_to_a_server_that_never_saw_the_run_creates_it_whole(tmp_path, mo
     from prefect.logging import disable_run_logger
 
     from ops.upload import upload
-    from tasks import spool
+    from tasks import spool, tracking
     from tasks.record import Tracking, spool_results
     from training.config import TrainSettings
 
@@ -165,8 +165,15 @@ def test_upload_to_a_server_that_never_saw_the_run_creates_it_whole(tmp_path, mo
         lost = Tracking(experiment_id="0", parent_run_id="f" * 32, url=None)  # a run this store never had
         spool_results.fn(lost, results, evaluations, prepared, settings)
     [waiting] = spool.pending()
+    # a child run an interrupted attempt created, noted the way record_payload notes it
+    first = spool.variants(waiting)[0]
+    half = tracking.start_run(
+        tracking.ensure_experiment("elsewhere"), first.name, {}, {},
+        on_created=lambda run_id: spool.note_partial_run(first, run_id),
+    )  # fmt: skip
     parent_run_id = upload(waiting)
     client = MlflowClient()
+    assert client.get_run(half).info.status == "KILLED"  # closed, not left RUNNING
     parent = client.get_run(parent_run_id)
     assert parent_run_id != lost.parent_run_id and parent.info.status == "FINISHED"
     assert parent.data.params["epochs"] == "300" and parent.data.metrics["variants_converged"] == 3
