@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 ## Train the default configuration (the book's chapter 5, three variants) and record it in MLflow.
-## Extra flow parameters: make run ARGS="epochs=1000 normalize=zscore"
+## Extra flow parameters: make run ARGS="epochs=1000 variants=optimizer,manual" (make run ARGS=--help lists them)
 run: setup
 	$(PY) -m flows.run train $(ARGS)
 
@@ -49,7 +49,6 @@ clean-state:
 
 WORK_POOL ?= thermometer
 ENV       := $(PY) -m ops.env
-export PREFECT_HOME ?= $(or $(PIPELINE_STATE_DIR),$(CURDIR))/.prefect
 
 .PHONY: ui stop status deploy worker trigger serve serve-model predict upload chromium screenshots
 

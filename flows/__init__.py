@@ -1,3 +1,1 @@
-"""Prefect flows: composition only."""
-
-import tasks  # noqa: F401  (applies the embedded defaults before prefect is imported)
+"""Prefect flows: composition only. Entry points apply the environment (``tasks.environment``) first."""

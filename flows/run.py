@@ -1,51 +1,57 @@
 """Run a flow from the command line: ``python -m flows.run train epochs=100 normalize=none``.
 
-Each ``key=value`` is a flow parameter; the value is read as JSON when it parses (numbers, lists, dicts,
-null) and as a plain string otherwise. With no Prefect server configured the flow runs on Prefect's
-temporary local API, and per-run heartbeats (only useful to a long-lived server) are switched off.
+Each ``key=value`` is a flow parameter (``--help`` lists them, from the flow's settings model); values are
+read as JSON, else YAML, else text, and a list may be written ``a,b``. The environment is applied first
+(``tasks.environment``); with no Prefect server configured the flow runs on Prefect's temporary local API,
+and per-run heartbeats (only useful to a long-lived server) are switched off.
 """
 
 from __future__ import annotations
 
-import json
+import importlib
 import os
 import sys
 from contextlib import nullcontext
-from typing import Any
 
-import tasks  # noqa: F401  (embedded defaults before prefect loads)
+from flows.parameters import help_text, parse_args
+from tasks import environment
+from training.errors import ConfigError
+from training.settings import PredictSettings, Settings, TrainSettings
 
-FLOWS = {"train": "flows.train:train", "predict": "flows.predict:predict"}
-
-
-def parse_params(pairs: list[str]) -> dict[str, Any]:
-    """Turn ``["epochs=100", "features=[\"t_u\"]"]`` into ``{"epochs": 100, "features": ["t_u"]}``."""
-    params = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"expected key=value, got {pair!r}")
-        try:
-            params[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            params[key] = raw
-    return params
+FLOWS: dict[str, tuple[str, type[Settings]]] = {
+    "train": ("flows.train:train", TrainSettings),
+    "predict": ("flows.predict:predict", PredictSettings),
+}
+USAGE = f"usage: python -m flows.run {{{','.join(FLOWS)}}} [--help] [--dry-run] [key=value ...]"
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] not in FLOWS:
-        print(f"usage: python -m flows.run {{{','.join(FLOWS)}}} [key=value ...]", file=sys.stderr)
+        print(USAGE, file=sys.stderr)
         return 2
-    import importlib
+    name, rest = argv[0], argv[1:]
+    target, model = FLOWS[name]
+    if {"-h", "--help"} & set(rest):
+        print(f"{USAGE}\n\nParameters of flow {name!r} (key=default):\n{help_text(model)}")
+        return 0
+    dry_run = "--dry-run" in rest
+    try:
+        params = parse_args(model, [arg for arg in rest if arg != "--dry-run"])
+        if dry_run:  # the settings the flow would run with, validated, and nothing run
+            print(model.parse(params).model_dump_json(indent=1))
+            return 0
+    except ConfigError as exc:
+        print(f"{name}: {exc}; nothing was run ({name} --help lists the parameters)", file=sys.stderr)
+        return 2
 
+    environment.apply()  # before prefect is imported: it reads PREFECT_HOME and the API URL at import
     from prefect.exceptions import ParameterTypeError
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-    module, _, name = FLOWS[argv[0]].partition(":")
-    flow = getattr(importlib.import_module(module), name)
-    params = parse_params(argv[1:])
+    module, _, attribute = target.partition(":")
+    flow = getattr(importlib.import_module(module), attribute)
     embedded = not os.environ.get("PREFECT_API_URL")
     settings = temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}) if embedded else nullcontext()
     with settings:

@@ -6,26 +6,25 @@ schedules and concurrency limits, read from prefect.yaml so there is one place t
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import yaml
-from prefect import serve
-from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
-from prefect.schedules import Cron
 
-import tasks  # noqa: F401  (embedded defaults before prefect loads)
-from flows.predict import predict
-from flows.train import train
+from tasks import environment
 
-PREFECT_YAML = Path(__file__).resolve().parents[1] / "prefect.yaml"
-FLOWS = {"flows/train.py:train": train, "flows/predict.py:predict": predict}
+PREFECT_YAML = environment.REPO_ROOT / "prefect.yaml"
 
 
 def deployments_from_yaml(path: Path = PREFECT_YAML) -> list:
     """Build ``RunnerDeployment`` objects from the deployments in ``prefect.yaml``."""
-    spec = yaml.safe_load(path.read_text())
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+    from prefect.flows import load_flow_from_entrypoint
+    from prefect.schedules import Cron
+
     built = []
-    for d in spec["deployments"]:
+    for d in yaml.safe_load(path.read_text())["deployments"]:
         limit = d.get("concurrency_limit")
         if isinstance(limit, dict):
             limit = ConcurrencyLimitConfig(
@@ -37,8 +36,9 @@ def deployments_from_yaml(path: Path = PREFECT_YAML) -> list:
             )
             for s in d.get("schedules", [])
         ]
+        flow = load_flow_from_entrypoint(str(environment.REPO_ROOT / d["entrypoint"]))
         built.append(
-            FLOWS[d["entrypoint"]].to_deployment(
+            flow.to_deployment(
                 name=d["name"],
                 description=d.get("description"),
                 tags=d.get("tags"),
@@ -50,5 +50,14 @@ def deployments_from_yaml(path: Path = PREFECT_YAML) -> list:
     return built
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """Apply the environment, then serve (runs send heartbeats, as deployed runs do)."""
+    environment.apply()
+    os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", str(environment.HEARTBEAT_SECONDS))
+    from prefect import serve
+
     serve(*deployments_from_yaml())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

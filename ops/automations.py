@@ -1,33 +1,32 @@
 """Server-side automations the deployments rely on (``make deploy`` creates them).
 
 "Crash zombie flow runs": a flow run whose process died with no chance to report (its worker killed with
-SIGKILL, the machine lost) stops sending heartbeats; when none arrives within ``PIPELINE_ZOMBIE_SECONDS``
-(default 90; deployments send one every 30 s, see prefect.yaml), the Prefect server marks it Crashed. That
-is what lets the next run close the MLflow runs the dead one left RUNNING (``tasks.record.sweep_orphans``).
-Prefect's own recipe: https://docs.prefect.io/v3/advanced/detect-zombie-flows
+SIGKILL, the machine lost) stops sending heartbeats; when none arrives within three heartbeat periods
+(``tasks.environment.zombie_seconds``: 90 s, as deployments send one every 30 s), the Prefect server marks it
+Crashed. That is what lets the next run close the MLflow runs the dead one left RUNNING
+(``tasks.orphans.close_orphans``). Prefect's own recipe: https://docs.prefect.io/v3/advanced/detect-zombie-flows
+Run it through ``python -m ops.env`` (as ``make deploy`` does), which applies the project's environment.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from datetime import timedelta
 
-import tasks  # noqa: F401  (the project's environment: which Prefect server)
-
-# isort: split
 from prefect.automations import Automation
 from prefect.client.schemas.objects import StateType
 from prefect.events.actions import ChangeFlowRunState
 from prefect.events.schemas.automations import EventTrigger, Posture
 from prefect.events.schemas.events import ResourceSpecification
 
+from tasks import environment
+
 ZOMBIE_AUTOMATION = "Crash zombie flow runs"
 
 
 def ensure_zombie_automation() -> str:
     """Create the automation unless one of that name exists; return its id."""
-    within = float(os.environ.get("PIPELINE_ZOMBIE_SECONDS", 90))
+    within = environment.zombie_seconds()
     try:
         existing = Automation.read(name=ZOMBIE_AUTOMATION)
     except ValueError:

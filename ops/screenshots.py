@@ -15,7 +15,8 @@ import tempfile
 import urllib.parse
 from pathlib import Path
 
-from ops.servers import recorded
+from tasks import environment
+from tasks.environment import recorded
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 ML = "workflowType=machine_learning"  # the MLflow UI's "Model training" view rather than its GenAI one
@@ -46,9 +47,10 @@ def screenshot(url: str, out: Path) -> Path:
 
 def latest_runs() -> tuple[str, str, str, str, list[str], str]:
     """The newest deployment flow run and its MLflow record: ids and names for the URLs."""
-    from mlflow import MlflowClient
     from prefect.client.orchestration import PrefectClient
     from prefect.client.schemas.sorting import FlowRunSort
+
+    from tasks import tracking
 
     prefect, mlflow = recorded("prefect"), recorded("mlflow")
     if not (prefect and mlflow):
@@ -60,19 +62,13 @@ def latest_runs() -> tuple[str, str, str, str, list[str], str]:
             return next(r for r in runs if r.state and r.state.is_completed() and r.deployment_id)
 
     flow_run = asyncio.run(newest())
-    client = MlflowClient(mlflow.url)
-    experiment = client.get_experiment_by_name("thermometer")
-    runs = client.search_runs([experiment.experiment_id], f"tags.`prefect.flow_run_id` = '{flow_run.id}'")
-    [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    return (
-        prefect.ui, mlflow.ui, str(flow_run.id), experiment.experiment_id,
-        [c.info.run_id for c in children], parent.info.run_id,
-    )  # fmt: skip
+    experiment_id, parent_id, child_ids = tracking.flow_run_record("thermometer", str(flow_run.id))
+    return prefect.ui, mlflow.ui, str(flow_run.id), experiment_id, child_ids, parent_id
 
 
 def main() -> int:
     """Take the README's screenshots."""
+    environment.apply()  # the servers `make ui` started, before prefect is imported
     prefect_ui, mlflow_ui, flow_run_id, experiment_id, child_ids, parent_id = latest_runs()
     DOCS.mkdir(exist_ok=True)
     compare = urllib.parse.quote(json.dumps(child_ids)), urllib.parse.quote(json.dumps([experiment_id]))

@@ -9,63 +9,24 @@ to start servers on free loopback ports with temporary stores.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+import tenacity
+
+from tasks import environment
+from tasks.environment import LOOPBACK, REPO_ROOT, Server, alive, recorded, run_dir, server_file
+
 BIN = Path(sys.executable).parent
-LOOPBACK = "127.0.0.1"
-
-
-@dataclass(frozen=True)
-class Server:
-    """A server process started by this module."""
-
-    name: str  # "prefect" or "mlflow"
-    pid: int  # leader of its process group
-    url: str  # base URL (Prefect: the API URL, ending in /api)
-    ui: str  # what to open in a browser
-    log: str  # its log file
-
-
-def listening_addresses(port: int) -> set[str]:
-    """The local addresses with a TCP socket listening on ``port`` (from /proc/net/tcp and tcp6)."""
-    found = set()
-    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            local, state = line.split()[1], line.split()[3]
-            address, port_hex = local.split(":")
-            if state == "0A" and int(port_hex, 16) == port:  # 0A = LISTEN
-                raw = bytes.fromhex(address)
-                if width == 8:
-                    found.add(socket.inet_ntop(socket.AF_INET, raw[::-1]))
-                else:  # four little-endian 32-bit words
-                    words = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
-                    found.add(socket.inet_ntop(socket.AF_INET6, words))
-    return found
-
-
-def free_port() -> int:
-    """A TCP port that was free on the loopback interface a moment ago."""
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
 
 
 def prefect_command(host: str, port: int) -> list[str]:
@@ -122,32 +83,51 @@ def spawn(cmd: list[str], env: Mapping[str, str], log: Path) -> subprocess.Popen
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            cwd=REPO,
+            cwd=REPO_ROOT,
         )
+
+
+def until(condition: Callable[[], bool], timeout: float, interval: float) -> bool:
+    """Call ``condition`` every ``interval`` s until it is True (-> True) or ``timeout`` passes (-> False)."""
+    return tenacity.Retrying(
+        retry=tenacity.retry_if_result(lambda done: not done),
+        stop=tenacity.stop_after_delay(timeout),
+        wait=tenacity.wait_fixed(interval),
+        retry_error_callback=lambda _: False,
+    )(condition)
 
 
 def wait_http(
     url: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None
 ) -> None:
     """Wait until ``url`` answers 2xx; fail early with the log's tail if the process exits first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def answers() -> bool:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"{' '.join(proc.args[:3])} exited with {proc.returncode}:\n{_tail(log)}")
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
-                if 200 <= response.status < 300:
-                    return
+                return 200 <= response.status < 300
         except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s:\n{_tail(log)}")
+            return False
+
+    if not until(answers, timeout, 0.3):
+        raise TimeoutError(f"{url} did not answer within {timeout:.0f} s:\n{_tail(log)}")
 
 
 def _tail(log: Path | None, lines: int = 30) -> str:
     if log is None or not Path(log).exists():
         return ""
     return "\n".join(Path(log).read_text(errors="replace").splitlines()[-lines:])
+
+
+def _group_gone(pid: int) -> bool:
+    environment.alive(pid)  # reaps the leader if it is our child
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
 
 
 def stop_group(pid: int, timeout: float = 20.0) -> None:
@@ -157,19 +137,8 @@ def stop_group(pid: int, timeout: float = 20.0) -> None:
             os.killpg(pid, sig)
         except ProcessLookupError:
             return
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(pid, 0)
-            except ProcessLookupError:
-                return
-            _reap(pid)
-            time.sleep(0.2)
-
-
-def _reap(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
+        if until(lambda: _group_gone(pid), wait, 0.2):
+            return
 
 
 @contextmanager
@@ -186,49 +155,18 @@ def running(
         proc.wait(timeout=10)
 
 
-# --- the user's servers: state files in .run/ -------------------------------------------------------------
+# --- the user's servers: state files in .run/ (read by tasks.environment) -----------------------------------
 
 
-def run_dir(environ: Mapping[str, str] = os.environ) -> Path:
-    """Where ``up`` keeps state files and logs: ``.run/`` in the state directory (the repository)."""
-    return Path(environ.get("PIPELINE_STATE_DIR") or REPO).resolve() / ".run"
-
-
-def _state_file(name: str, environ: Mapping[str, str] = os.environ) -> Path:
-    return run_dir(environ) / f"{name}.json"
-
-
-def alive(pid: int) -> bool:
-    """True when a process with this pid exists (and is not a zombie of ours)."""
-    _reap(pid)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def recorded(name: str, environ: Mapping[str, str] = os.environ) -> Server | None:
-    """The server ``name`` that ``up`` started, if it is still running."""
-    path = _state_file(name, environ)
-    if not path.exists():
-        return None
-    server = Server(**json.loads(path.read_text()))
-    return server if alive(server.pid) else None
-
-
-def local_stores() -> tuple[str, str, str]:
+def local_stores(environ: Mapping[str, str] = os.environ) -> tuple[str, str, str]:
     """``(PREFECT_HOME, MLflow backend store URI, artifact directory)``: the stores ``make run`` writes to."""
-    import tasks  # noqa: F401  (applies the embedded defaults to os.environ)
-
-    uri = os.environ["MLFLOW_TRACKING_URI"]
-    if uri.startswith(("http://", "https://")) and not recorded("mlflow"):
+    stores = {**environ, **environment.resolve({**environ, "PIPELINE_DETECT_SERVERS": "false"})}
+    uri = stores["MLFLOW_TRACKING_URI"]
+    if uri.startswith(("http://", "https://")) and not recorded("mlflow", environ):
         raise SystemExit(
             f"MLFLOW_TRACKING_URI={uri} already names a tracking server; unset it to serve the local store"
         )
-    return os.environ["PREFECT_HOME"], uri, os.environ["PIPELINE_ARTIFACT_ROOT"]
+    return stores["PREFECT_HOME"], uri, stores["PIPELINE_ARTIFACT_ROOT"]
 
 
 def up(
@@ -262,7 +200,7 @@ def up(
             log = run_dir() / f"{name}.log"
             proc = spawn(cmd, env, log)
             server = Server(name=name, pid=proc.pid, url=url, ui=ui, log=str(log))
-            _state_file(name).write_text(json.dumps(asdict(server)))
+            server_file(name).write_text(json.dumps(asdict(server)))
         started.append(server)
     for server in started:
         wait_http(server.url.rstrip("/") + "/health", 120, None, Path(server.log))
@@ -276,8 +214,8 @@ def _connect(host: str) -> str:
 def down() -> list[str]:
     """Stop the servers that ``up`` started (by their recorded process groups); return what was stopped."""
     stopped = []
-    for name in ("prefect", "mlflow"):
-        path = _state_file(name)
+    for name in environment.SERVERS:
+        path = server_file(name)
         if not path.exists():
             continue
         server = Server(**json.loads(path.read_text()))
@@ -306,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         stopped = down()
         print("stopped: " + ", ".join(stopped) if stopped else "no servers were running")
     else:
-        for name in ("prefect", "mlflow"):
+        for name in environment.SERVERS:
             s = recorded(name)
             print(
                 f"{name:<8} "

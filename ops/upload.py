@@ -15,9 +15,8 @@ import json
 import sys
 from pathlib import Path
 
-import tasks  # noqa: F401  (defaults: the same stores and servers as make run)
-from tasks import spool, tracking
-from tasks.record import close_parent, record_payload
+from tasks import environment, spool, tracking
+from tasks.recorder import close_parent, record_variant
 
 
 def upload(parent_folder: Path) -> str:
@@ -31,7 +30,7 @@ def upload(parent_folder: Path) -> str:
             experiment_id, tags.get("prefect.flow_run_name") or "upload", tags, parent["params"]
         )
     for folder in spool.variants(parent_folder):
-        record_payload(spool.read(folder), experiment_id, parent_run_id, str(folder))
+        record_variant(spool.read(folder), experiment_id, parent_run_id, str(folder))
         spool.remove(folder)
     # the overlay and headline cover every variant, those recorded before MLflow went away included
     note = f"Recorded from the local spool ({parent_folder}): the tracking server was unreachable in the run."
@@ -45,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ops.upload", description=__doc__.splitlines()[0])
     parser.add_argument("parent_run_ids", nargs="*", help="spool folders to upload (default: all)")
     args = parser.parse_args(argv)
+    environment.apply()  # the same stores and servers as make run
     folders = [f for run_id in args.parent_run_ids or [None] for f in spool.pending(run_id)]
     if not folders:
         print(f"nothing waits in {spool.spool_root()}")

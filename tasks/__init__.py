@@ -1,5 +1,1 @@
-"""Prefect tasks: I/O, logging and tracking around the pure ``training`` library."""
-
-from tasks.environment import apply_defaults
-
-apply_defaults()
+"""Prefect tasks and the Prefect-free modules they call: I/O, logging and tracking around ``training``."""

@@ -1,19 +1,18 @@
-"""Tasks that read, validate, split and normalise the data."""
+"""Tasks that read and validate the data file, then split and normalise it (``training.data`` works)."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from training.data import file_digest, load_table, split_indices, to_tensors
+from tasks import environment
+from training.data import Prepared, file_digest, load_table, prepare
 from training.errors import DataError
-from training.normalize import Normalizer, fit_normalizer
+from training.settings import TrainingConfig
 
 
 @dataclass(frozen=True)
@@ -23,24 +22,6 @@ class LoadedData:
     frame: pd.DataFrame  # features + target, float64
     source: str  # absolute path of the file
     digest: str  # SHA-256 of the file's bytes
-
-
-@dataclass(frozen=True)
-class PreparedData:
-    """Train/validation split, normalised inputs (float32) and the rows in original units."""
-
-    x_train: torch.Tensor  # (n_train, k), normalised
-    y_train: torch.Tensor  # (n_train,)
-    x_val: torch.Tensor  # (n_val, k), normalised; n_val may be 0
-    y_val: torch.Tensor  # (n_val,)
-    train_frame: pd.DataFrame  # original units, for plots and examples
-    val_frame: pd.DataFrame
-    normalizer: Normalizer
-
-    @property
-    def has_val(self) -> bool:
-        """True when there is a validation split."""
-        return len(self.y_val) > 0
 
 
 def retry_unless(*permanent: type[BaseException]):
@@ -64,48 +45,31 @@ def load_dataset(
     path: str, features: list[str], target: str | None, keep_other_columns: bool = False
 ) -> LoadedData:
     """Read and validate the data file and record its content hash."""
-    logger = get_run_logger()
-    allow_urls = os.environ.get("PIPELINE_ALLOW_URLS", "false").lower() in ("true", "1", "yes")
     source = path if "://" in path else str(Path(path).expanduser().resolve())
-    frame = load_table(source, features, target, keep_other_columns, allow_urls=allow_urls)
+    frame = load_table(source, features, target, keep_other_columns, allow_urls=environment.allow_urls())
     digest = file_digest(source) if "://" not in source else "url:" + source
-    logger.info("Loaded %d rows from %s (sha256 %s)", len(frame), source, digest[:12])
+    get_run_logger().info("Loaded %d rows from %s (sha256 %s)", len(frame), source, digest[:12])
     return LoadedData(frame=frame, source=source, digest=digest)
 
 
+def _rows(index: tuple[int, ...], shown: int = 20) -> str:
+    return str(list(index)) if len(index) <= shown else f"[{', '.join(map(str, index[:shown]))}, ...]"
+
+
 @task(name="split-normalize", task_run_name="split-normalize", cache_policy=NO_CACHE)
-def prepare_data(
-    loaded: LoadedData,
-    features: list[str],
-    target: str,
-    normalize: str,
-    scale: float,
-    val_fraction: float,
-    seed: int,
-) -> PreparedData:
+def prepare_data(loaded: LoadedData, config: TrainingConfig) -> Prepared:
     """Split rows with the seed, fit normalisation on the training rows only, apply it to both splits."""
-    logger = get_run_logger()
-    train_idx, val_idx = split_indices(len(loaded.frame), val_fraction, seed, source=loaded.source)
-    train_frame = loaded.frame.iloc[train_idx.tolist()].reset_index(drop=True)
-    val_frame = loaded.frame.iloc[val_idx.tolist()].reset_index(drop=True)
-    x_train, y_train = to_tensors(train_frame, features, target)
-    x_val, y_val = to_tensors(val_frame, features, target)
-    normalizer = fit_normalizer(x_train, features, normalize, scale, source=loaded.source)
-    logger.info(
+    c = config
+    prepared = prepare(
+        loaded.frame, c.features, c.target, c.normalize, c.scale, c.val_fraction, c.seed, loaded.source
+    )
+    get_run_logger().info(
         "Split %d rows: %d train %s, %d validation %s; normalisation %s",
         len(loaded.frame),
-        len(train_idx),
-        train_idx.tolist(),
-        len(val_idx),
-        val_idx.tolist(),
-        normalize,
+        len(prepared.train_index),
+        _rows(prepared.train_index),
+        len(prepared.val_index),
+        _rows(prepared.val_index),
+        c.normalize,
     )
-    return PreparedData(
-        x_train=normalizer.apply(x_train),
-        y_train=y_train,
-        x_val=normalizer.apply(x_val),
-        y_val=y_val,
-        train_frame=train_frame,
-        val_frame=val_frame,
-        normalizer=normalizer,
-    )
+    return prepared

@@ -1,27 +1,111 @@
-"""Embedded defaults: one machine, no server to start, all state inside the repository (git-ignored).
+"""The project's environment in one place: the state directory, embedded defaults, `make ui`'s servers.
 
-Applied when the ``tasks`` package is imported, before anything imports prefect. Every value is a default
-only: a variable already set in the environment wins (``PREFECT_API_URL`` for a Prefect server,
-``MLFLOW_TRACKING_URI`` for an MLflow server or database). ``PIPELINE_STATE_DIR`` moves all local state
-(default: the repository itself).
+Standard library only, and importing it changes nothing. Each entry point (``flows/run.py``,
+``flows/serve.py``, ``ops/*``, the tests) calls ``apply()`` once, before anything imports prefect, which
+reads its settings at import. Every value is a default: a variable already set wins (``PREFECT_API_URL``
+for a Prefect server, ``MLFLOW_TRACKING_URI`` for an MLflow server or database). ``PIPELINE_STATE_DIR``
+moves all local state (default: the repository itself). This is the only module that reads ``PIPELINE_*``
+variables.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+LOOPBACK = "127.0.0.1"
+
+# Deployed runs send a heartbeat this often (prefect.yaml reads it through `make deploy`); a run whose
+# heartbeats stop for three periods is marked Crashed by the automation in ops/automations.py.
+HEARTBEAT_SECONDS = 30
+ZOMBIE_HEARTBEATS = 3
+# MLflow's client retries each request this often, 1, 2, 4 ... 64 s apart (about two minutes in all), so a
+# server restarted within a minute loses nothing and one gone for good fails.
+MLFLOW_RETRIES, MLFLOW_BACKOFF = 7, 1
+SERVERS = ("prefect", "mlflow")
 
 
-def state_dir(environ: MutableMapping[str, str] = os.environ) -> Path:
+def flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    """A boolean variable: ``true``/``1``/``yes`` or ``false``/``0``/``no`` (any case)."""
+    value = environ.get(name)
+    return default if value is None else value.strip().lower() in ("true", "1", "yes")
+
+
+def state_dir(environ: Mapping[str, str] = os.environ) -> Path:
     """Where local state lives: ``PIPELINE_STATE_DIR``, else the repository."""
     return Path(environ.get("PIPELINE_STATE_DIR") or REPO_ROOT).resolve()
 
 
-def defaults(environ: MutableMapping[str, str] = os.environ) -> dict[str, str]:
-    """The embedded defaults for a state directory."""
+def run_dir(environ: Mapping[str, str] = os.environ) -> Path:
+    """``.run/`` in the state directory: the state files and logs of the servers `make ui` started."""
+    return state_dir(environ) / ".run"
+
+
+def spool_dir(environ: Mapping[str, str] = os.environ) -> Path:
+    """``spool/`` in the state directory: results that MLflow has not received yet."""
+    return state_dir(environ) / "spool"
+
+
+def artifact_root(environ: Mapping[str, str] = os.environ) -> str | None:
+    """Artifact location for experiments this project creates on a database store."""
+    return environ.get("PIPELINE_ARTIFACT_ROOT")
+
+
+def allow_urls(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether a data path may be a URL (``PIPELINE_ALLOW_URLS``)."""
+    return flag(environ, "PIPELINE_ALLOW_URLS", False)
+
+
+def zombie_seconds(environ: Mapping[str, str] = os.environ) -> float:
+    """How long a deployed run may go without a heartbeat before it counts as dead."""
+    return float(environ.get("PIPELINE_ZOMBIE_SECONDS") or ZOMBIE_HEARTBEATS * HEARTBEAT_SECONDS)
+
+
+@dataclass(frozen=True)
+class Server:
+    """A server process that `make ui` started, as its state file records it."""
+
+    name: str  # "prefect" or "mlflow"
+    pid: int  # leader of its process group
+    url: str  # base URL (Prefect: the API URL, ending in /api)
+    ui: str  # what to open in a browser
+    log: str  # its log file
+
+
+def server_file(name: str, environ: Mapping[str, str] = os.environ) -> Path:
+    """The state file of server ``name``."""
+    return run_dir(environ) / f"{name}.json"
+
+
+def alive(pid: int) -> bool:
+    """True when a process with this pid exists (a zombie child of ours is reaped first)."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recorded(name: str, environ: Mapping[str, str] = os.environ) -> Server | None:
+    """The server ``name`` that `make ui` started, if it is still running."""
+    path = server_file(name, environ)
+    if not path.exists():
+        return None
+    server = Server(**json.loads(path.read_text()))
+    return server if alive(server.pid) else None
+
+
+def embedded(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The embedded defaults: one machine, no server to start, every store inside the state directory."""
     base = state_dir(environ)
     return {
         # Prefect: the temporary local API keeps its database here instead of ~/.prefect
@@ -34,28 +118,47 @@ def defaults(environ: MutableMapping[str, str] = os.environ) -> dict[str, str]:
         "MLFLOW_TRACKING_URI": f"sqlite:///{base / 'mlflow.db'}",
         # MLflow 3 reports usage telemetry by default; this machine has no network and users may not want it
         "MLFLOW_DISABLE_TELEMETRY": "true",
-        # a tracking server that went away: retry each request 7 times, waiting 1, 2, 4, ... 64 s (about two
-        # minutes in all), so a server restarted within a minute loses nothing and one gone for good fails
-        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "7",
-        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(MLFLOW_RETRIES),
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(MLFLOW_BACKOFF),
         # artifacts of experiments created on a database store (ignored when a tracking server decides)
         "PIPELINE_ARTIFACT_ROOT": str(base / "mlartifacts"),
     }
 
 
-def apply_defaults(environ: MutableMapping[str, str] = os.environ) -> None:
-    """Set each default that the environment does not already set.
+def resolve(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The variables ``apply`` would set: those the environment lacks, with their values.
 
-    While ``make ui``'s servers run (see ``ops.servers``), they are the defaults instead: flow runs then
-    appear in the Prefect UI and record to the MLflow server; ``PIPELINE_DETECT_SERVERS=false`` turns that
-    off.
+    While `make ui`'s servers run they come first, so flow runs appear in the Prefect UI and record to the
+    MLflow server; ``PIPELINE_DETECT_SERVERS=false`` turns that off.
     """
-    if environ.get("PIPELINE_DETECT_SERVERS", "true").lower() not in ("false", "0", "no"):
-        from ops.servers import recorded
-
+    found: dict[str, str] = {}
+    if flag(environ, "PIPELINE_DETECT_SERVERS", True):
         if prefect := recorded("prefect", environ):
-            environ.setdefault("PREFECT_API_URL", prefect.url)
+            found["PREFECT_API_URL"] = prefect.url
         if mlflow := recorded("mlflow", environ):
-            environ.setdefault("MLFLOW_TRACKING_URI", mlflow.url)
-    for key, value in defaults(environ).items():
-        environ.setdefault(key, value)
+            found["MLFLOW_TRACKING_URI"] = mlflow.url
+    for key, value in embedded(environ).items():
+        found.setdefault(key, value)
+    return {key: value for key, value in found.items() if key not in environ}
+
+
+def apply(environ: MutableMapping[str, str] = os.environ) -> dict[str, str]:
+    """Set every default the environment lacks (see ``resolve``); return what was set."""
+    missing = resolve(environ)
+    environ.update(missing)
+    return missing
+
+
+def deployment_variables(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """What `make deploy` hands to prefect.yaml's templates: the checkout, the tracking server, the heartbeat.
+
+    ``PIPELINE_MLFLOW_URI`` (the tracking server deployed runs record to) defaults to the MLflow server in
+    use, else the one `make ui` would start.
+    """
+    tracking = environ.get("MLFLOW_TRACKING_URI", "")
+    server = tracking if tracking.startswith(("http://", "https://")) else f"http://{LOOPBACK}:5000"
+    return {
+        "PIPELINE_DIR": environ.get("PIPELINE_DIR") or str(REPO_ROOT),
+        "PIPELINE_MLFLOW_URI": environ.get("PIPELINE_MLFLOW_URI") or server,
+        "PIPELINE_HEARTBEAT_SECONDS": str(HEARTBEAT_SECONDS),
+    }

@@ -89,12 +89,8 @@ def write_predictions(frame: pd.DataFrame, output: str) -> str:
     return str(path)
 
 
-# one MLflow run per batch: no task retries, which could record it twice (MLflow retries each request)
-@task(name="record-predictions", task_run_name="record-predictions", cache_policy=NO_CACHE)
-def record_predictions(
-    model: ResolvedModel, loaded: LoadedData, predictions: pd.DataFrame, output: str, experiment: str
-) -> str:
-    """One MLflow run for the batch: input lineage, row count, model version; plus Prefect artifacts."""
+def record_batch(model: ResolvedModel, loaded: LoadedData, rows: int, output: str, experiment: str) -> str:
+    """One MLflow run for the batch: input lineage, row count, model version; return its id."""
     experiment_id = tracking.ensure_experiment(experiment)
     tags = {
         "prefect.flow_run_id": str(flow_run.get_id() or ""),
@@ -110,20 +106,30 @@ def record_predictions(
         tracking.log_dataset(
             run_id, loaded.frame[model.features], loaded.source, loaded.digest, None, "prediction"
         )
-        tracking.log_metrics(run_id, {"rows": float(len(predictions))})
+        tracking.log_metrics(run_id, {"rows": float(rows)})
         tracking.end_run(run_id, tracking.FINISHED)
     except BaseException as exc:
         tracking.end_run(run_id, tracking.FAILED, note=f"recording failed: {exc!r}")
         raise
+    return run_id
+
+
+# one MLflow run per batch: no task retries, which could record it twice (MLflow retries each request)
+@task(name="record-predictions", task_run_name="record-predictions", cache_policy=NO_CACHE)
+def record_predictions(
+    model: ResolvedModel, loaded: LoadedData, predictions: pd.DataFrame, output: str, experiment: str
+) -> str:
+    """Record the batch in MLflow and as Prefect artifacts: a preview of the rows and a summary."""
+    run_id = record_batch(model, loaded, len(predictions), output, experiment)
     preview = predictions.head(20).astype(str).to_dict(orient="records")
     create_table_artifact(table=preview, key="predictions-preview", description=f"First rows of {output}")
+    url = tracking.run_url(run_id, tracking.ensure_experiment(experiment))
     create_markdown_artifact(
         key="predictions-summary",
         markdown=(
             f"# Batch prediction\n\n{len(predictions)} rows from `{loaded.source}` predicted by "
             f"**{model.name} v{model.version}** (`@{model.alias}`), written to `{output}`.\n\n"
-            f"MLflow run `{run_id}`"
-            + (f": {url}\n" if (url := tracking.run_url(run_id, experiment_id)) else "\n")
+            f"MLflow run `{run_id}`" + (f": {url}\n" if url else "\n")
         ),
     )
     return run_id

@@ -1,10 +1,12 @@
-"""The registry task: register the best variant and decide, under a lock, whether it becomes the champion."""
+"""The registry tasks: register the best variant, decide under a lock whether it becomes the champion, report.
+
+The decisions themselves are pure functions in ``training.decisions``; this module fetches what they need
+from MLflow, calls them, and records the outcome.
+"""
 
 from __future__ import annotations
 
 import math
-import os
-import time
 from dataclasses import dataclass
 
 import pandas as pd
@@ -14,17 +16,17 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
-from prefect.runtime import flow_run
 
 from tasks import tracking
-from tasks.data import LoadedData, PreparedData
-from tasks.record import VariantRecord
-from training.evaluation import Evaluation
+from tasks.data import LoadedData
+from tasks.recorder import VariantRecord
+from tasks.runinfo import prefect_tags
+from training import decisions
+from training.data import Prepared
 from training.model import regression_metrics
+from training.runs import Trained
 
 CHAMPION = "champion"
-# fault injection for the tests: hold the registry lock this long after reading the champion
-HOLD_ENV = "PIPELINE_REGISTRY_HOLD_SECONDS"
 
 
 @dataclass(frozen=True)
@@ -34,16 +36,11 @@ class Promotion:
     model_name: str
     version: str | None  # the new version, None when nothing was registered
     variant: str
-    decision: str  # "first", "promoted", "kept" or "blocked"
+    decision: decisions.Decision
     challenger_mse: float
     champion_mse: float | None  # the incumbent on the same rows, None when there was none
     champion_version: str | None  # the champion after the decision
     message: str
-
-
-def best_variant(evaluations: dict[str, Evaluation]) -> str:
-    """Lowest validation MSE, or lowest training MSE when there is no validation split."""
-    return min(evaluations, key=lambda v: (evaluations[v].val or evaluations[v].train)["mse"])
 
 
 def _mse(model_uri: str, frame: pd.DataFrame, target: str) -> float:
@@ -62,77 +59,58 @@ def _ensure_lock(name: str) -> None:
             client.read_global_concurrency_limit_by_name(name)  # raises if it really is missing
 
 
-@task(name="register-model", task_run_name="register-model", cache_policy=NO_CACHE)
-def register_best(
+def _scoring_rows(prepared: Prepared) -> tuple[pd.DataFrame, str]:
+    """The rows both models are scored on, in original units, and what they are."""
+    if prepared.has_val:
+        return prepared.val_frame, "validation"
+    return prepared.train_frame, "training (no validation split)"
+
+
+def _refusal(
     model_name: str,
-    records: list[VariantRecord],
-    evaluations: dict[str, Evaluation],
-    loaded: LoadedData,
-    prepared: PreparedData,
-    target: str,
-    max_val_rmse: float | None = None,
-) -> Promotion:
-    """Register the best converged variant and move the champion alias only if it beats the incumbent."""
-    logger = get_run_logger()
-    variant = best_variant(evaluations)
-    ev = evaluations[variant]
-    scored = ev.val or ev.train
-    rows = prepared.val_frame if prepared.has_val else prepared.train_frame
-    which = "validation" if prepared.has_val else "training (no validation split)"
-    if max_val_rmse is not None and not scored["rmse"] <= max_val_rmse:
-        message = (
-            f"registration blocked by the quality gate: {variant}'s {which} RMSE {scored['rmse']:.4f} "
-            f"exceeds max_val_rmse={max_val_rmse}"
-        )
-        logger.warning(message)
-        return Promotion(model_name, None, variant, "blocked", scored["mse"], None, None, message)
-
-    features = list(prepared.normalizer.features)
+    variant: str,
+    scored: dict[str, float],
+    which: str,
+    max_val_rmse: float | None,
+    features: list[str],
+) -> tuple[str, str | None] | None:
+    """Why the best variant may not be registered (the gate, or a champion of other inputs), or None."""
     incumbent = tracking.alias_version(model_name, CHAMPION)
+    if not decisions.gate(scored["rmse"], max_val_rmse):
+        why = f"{variant}'s {which} RMSE {scored['rmse']:.4f} exceeds max_val_rmse={max_val_rmse}"
+        return f"registration blocked by the quality gate: {why}", incumbent
     if incumbent is not None:
-        champion_features, _ = tracking.model_io(tracking.version_model_uri(model_name, incumbent))
-        if champion_features != features:
-            message = (
-                f"not registered: {model_name}'s champion v{incumbent} takes {champion_features}, "
-                f"this model takes {features}; choose another model_name for a model of other inputs"
-            )
-            logger.warning(message)
-            return Promotion(model_name, None, variant, "blocked", scored["mse"], None, incumbent, message)
+        inputs, _ = tracking.model_io(tracking.version_model_uri(model_name, incumbent))
+        if inputs != features:
+            why = f"{model_name}'s champion v{incumbent} takes {inputs}, this model takes {features}"
+            return f"not registered: {why}; choose another model_name for a model of other inputs", incumbent
+    return None
 
-    record = next(r for r in records if r.variant == variant)
-    tags = {
-        "variant": variant,
-        **{k: f"{v:.10g}" for k, v in ev.metrics().items() if math.isfinite(v)},
-        "prefect.flow_run_id": str(flow_run.get_id() or ""),
-        "prefect.flow_run_name": str(flow_run.get_name() or ""),
-        "data_hash": loaded.digest,
-    }
-    version = tracking.register_version(model_name, record.model_uri, record.run_id, tags)
+
+def _register(model_name: str, best: Trained, records: list[VariantRecord], loaded: LoadedData) -> str:
+    """Register the best variant's logged model as a new version, tagged with its metrics and lineage."""
+    metrics = {k: f"{v:.10g}" for k, v in best.evaluation.metrics().items() if math.isfinite(v)}
+    tags = {"variant": best.variant, **metrics, **prefect_tags(), "data_hash": loaded.digest}
+    record = next(r for r in records if r.variant == best.variant)
+    return tracking.register_version(model_name, record.model_uri, record.run_id, tags)
+
+
+def _promote(model_name: str, version: str, variant: str, prepared: Prepared) -> Promotion:
+    """Score the new version, then, under a lock so that two runs finishing together cannot both win: read
+    the champion, score it on the same rows, move the alias if the challenger wins; tag the decision."""
+    rows, which = _scoring_rows(prepared)
+    target = rows.columns[-1]
     challenger = _mse(tracking.version_model_uri(model_name, version), rows, target)
-
     lock = f"model-registry-{model_name}"
     _ensure_lock(lock)
     with concurrency(lock, occupy=1, timeout_seconds=600, strict=True):
         incumbent = tracking.alias_version(model_name, CHAMPION)
-        if hold := float(os.environ.get(HOLD_ENV, 0)):
-            time.sleep(hold)
-        if incumbent is None:
-            decision, champion_mse, winner = "first", None, version
-        else:
+        champion_mse = None
+        if incumbent is not None:
             champion_mse = _mse(tracking.version_model_uri(model_name, incumbent), rows, target)
-            # strictly better wins; a tie keeps the incumbent
-            decision, winner = ("promoted", version) if challenger < champion_mse else ("kept", incumbent)
-        if winner == version:
+        decision = decisions.champion(challenger, champion_mse)
+        if decision != "kept":
             tracking.set_alias(model_name, CHAMPION, version)
-    against = f"champion v{incumbent} MSE {champion_mse:.6f}" if incumbent is not None else "no champion yet"
-    message = (
-        f"{model_name} v{version} ({variant}) {which} MSE {challenger:.6f} vs {against} on {len(rows)} rows: "
-        + {
-            "first": "first version, now champion",
-            "promoted": "promoted to champion",
-            "kept": "champion kept",
-        }[decision]
-    )
     tracking.set_version_tags(
         model_name,
         version,
@@ -144,8 +122,44 @@ def register_best(
             "promotion.rows": f"{len(rows)} {which}",
         },
     )
-    logger.info(message)
+    against = "no champion yet" if incumbent is None else f"champion v{incumbent} MSE {champion_mse:.6f}"
+    outcome = {
+        "first": "first version, now champion",
+        "promoted": "promoted to champion",
+        "kept": "champion kept",
+    }
+    message = (
+        f"{model_name} v{version} ({variant}) {which} MSE {challenger:.6f} vs {against} on {len(rows)} rows: "
+        + outcome[decision]
+    )
+    winner = incumbent if decision == "kept" else version
     return Promotion(model_name, version, variant, decision, challenger, champion_mse, winner, message)
+
+
+@task(name="register-model", task_run_name="register-model", cache_policy=NO_CACHE)
+def register_model(
+    model_name: str,
+    max_val_rmse: float | None,
+    trained: list[Trained],
+    records: list[VariantRecord],
+    loaded: LoadedData,
+    prepared: Prepared,
+) -> Promotion:
+    """Register the best converged variant and move the champion alias only if it beats the incumbent."""
+    logger = get_run_logger()
+    evaluated = {t.variant: t for t in trained if t.evaluation is not None}
+    best = evaluated[decisions.best({v: t.evaluation.scored["mse"] for v, t in evaluated.items()})]
+    scored = best.evaluation.scored
+    features = list(prepared.normalizer.features)
+    _, which = _scoring_rows(prepared)
+    if refused := _refusal(model_name, best.variant, scored, which, max_val_rmse, features):
+        message, incumbent = refused
+        logger.warning(message)
+        return Promotion(model_name, None, best.variant, "blocked", scored["mse"], None, incumbent, message)
+    version = _register(model_name, best, records, loaded)
+    promotion = _promote(model_name, version, best.variant, prepared)
+    logger.info(promotion.message)
+    return promotion
 
 
 @task(name="report-promotion", task_run_name="report-promotion", cache_policy=NO_CACHE)

@@ -10,9 +10,8 @@ from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks.record import Tracking, VariantRecord
-from tasks.train import TimedResult
-from training.evaluation import Evaluation
+from tasks.recorder import Tracking, VariantRecord
+from training.runs import Trained
 
 
 def _fmt(value: float | None, spec: str = ".6f") -> str:
@@ -21,15 +20,12 @@ def _fmt(value: float | None, spec: str = ".6f") -> str:
     return format(value, spec)
 
 
-def summary_rows(
-    results: list[TimedResult], evaluations: dict[str, Evaluation], records: list[VariantRecord]
-) -> list[dict[str, str]]:
+def summary_rows(trained: list[Trained], records: list[VariantRecord]) -> list[dict[str, str]]:
     """One row per variant: how it stopped, its losses, its gap to the optimum, its MLflow run."""
     run_ids = {rec.variant: rec.run_id for rec in records}
     rows = []
-    for timed in results:
-        r = timed.result
-        ev = evaluations.get(r.variant)
+    for t in trained:
+        r, ev = t.result, t.evaluation
         val = ev.val if ev else {}
         rows.append(
             {
@@ -42,38 +38,28 @@ def summary_rows(
                 "val R2": _fmt(val.get("r2"), ".4f"),
                 "gap to optimum": _fmt(ev.optimum_gap if ev else None, ".3g"),
                 "params [w..., b]": ", ".join(f"{p:.4f}" for p in r.params.tolist()),
-                "seconds": f"{timed.seconds:.2f}",
+                "seconds": f"{t.seconds:.2f}",
                 "MLflow run": run_ids.get(r.variant, "-"),
             }
         )
     return rows
 
 
-def summary_markdown(
-    rows: list[dict[str, str]], results: list[TimedResult], evaluations: dict[str, Evaluation], run: Tracking
-) -> str:
+def summary_markdown(rows: list[dict[str, str]], trained: list[Trained], run: Tracking) -> str:
     """The same comparison in words, flush-left markdown."""
-    converged = [t.result.variant for t in results if t.result.converged]
+    converged = [t.variant for t in trained if t.converged]
+    evaluations = [t.evaluation for t in trained if t.evaluation]
     header = "| " + " | ".join(rows[0]) + " |\n|" + "---|" * len(rows[0]) + "\n"
     table = header + "".join("| " + " | ".join(r.values()) + " |\n" for r in rows)
     lines = [
         "# Thermometer training run",
         "",
-        f"{len(converged)} of {len(results)} variants converged: {', '.join(converged) or 'none'}.",
+        f"{len(converged)} of {len(trained)} variants converged: {', '.join(converged) or 'none'}.",
     ]
     if evaluations:
-        optimum = next(iter(evaluations.values())).optimum_mse
+        optimum = evaluations[0].optimum_mse
         lines.append(f"The exact least-squares fit on the training rows has MSE {optimum:.6f}.")
-        for v, ev in evaluations.items():
-            check = max(ev.grad_check_init, ev.grad_check_final)
-            lines.append(
-                f"- **{v}**: training MSE {ev.train['mse']:.6f} ({ev.optimum_gap:.3g} above the optimum)"
-                + (f", validation RMSE {ev.val['rmse']:.4f}" if ev.val else "")
-                + f"; hand-written vs autograd gradient gap {check:.1e}."
-            )
-    for t in results:
-        if not t.result.converged:
-            lines.append(f"- **{t.result.variant}**: {t.result.message}")
+    lines += [f"- **{t.variant}**: {outcome_line(t)}" for t in trained]
     lines += ["", table]
     if run.url:
         lines.append(f"MLflow parent run: [{run.parent_run_id}]({run.url})")
@@ -83,15 +69,10 @@ def summary_markdown(
 
 
 @task(name="report", task_run_name="report", cache_policy=NO_CACHE)
-def report(
-    run: Tracking,
-    results: list[TimedResult],
-    evaluations: dict[str, Evaluation],
-    records: list[VariantRecord],
-) -> str:
+def report(run: Tracking, trained: list[Trained], records: list[VariantRecord]) -> str:
     """Publish the comparison table, the summary in words and a link to MLflow; return the summary."""
-    rows = summary_rows(results, evaluations, records)
-    markdown = summary_markdown(rows, results, evaluations, run)
+    rows = summary_rows(trained, records)
+    markdown = summary_markdown(rows, trained, run)
     create_table_artifact(table=rows, key="training-comparison", description="The variants side by side")
     create_markdown_artifact(markdown=markdown, key="training-summary", description="The run in words")
     if run.url:
@@ -99,31 +80,23 @@ def report(
     return markdown
 
 
-def outcome_lines(results: list[TimedResult], evaluations: dict[str, Evaluation]) -> list[str]:
-    """One line per variant for the end of the flow's log."""
-    lines = []
-    for t in results:
-        ev = evaluations.get(t.result.variant)
-        if ev is None:
-            lines.append(f"{t.result.variant:<9} {t.result.message}")
-            continue
-        val = f", validation RMSE {ev.val['rmse']:.4f}" if ev.val else ""
-        loss, mse, gap = t.result.train_loss[-1], ev.train["mse"], ev.optimum_gap
-        lines.append(
-            f"{t.result.variant:<9} final loss {loss:.6f}, train MSE {mse:.6f}, gap to optimum {gap:.2g}{val}"
-        )
-    return lines
+def outcome_line(t: Trained) -> str:
+    """How one variant ended, in one line (the summary's bullet and the flow's closing log line)."""
+    ev = t.evaluation
+    if ev is None:
+        return t.result.message
+    val = f", validation RMSE {ev.val['rmse']:.4f}" if ev.val else ""
+    return (
+        f"final loss {t.result.train_loss[-1]:.6f}, train MSE {ev.train['mse']:.6f}, gap to optimum "
+        f"{ev.optimum_gap:.2g}{val}; hand-written vs autograd gradient gap {ev.grad_check:.1e}"
+    )
 
 
 def outcome(
-    run: Tracking,
-    results: list[TimedResult],
-    evaluations: dict[str, Evaluation],
-    records: list[VariantRecord],
-    promotion: Any | None,
+    run: Tracking, trained: list[Trained], records: list[VariantRecord], promotion: Any | None
 ) -> dict[str, Any]:
     """The flow's return value: run ids, each variant's final loss, parameters and metrics, the promotion."""
-    by_variant = {t.result.variant: t.result for t in results}
+    by_variant = {t.variant: t for t in trained}
     return {
         "parent_run_id": run.parent_run_id,
         "experiment_id": run.experiment_id,
@@ -133,9 +106,9 @@ def outcome(
                 "run_id": rec.run_id,
                 "status": rec.status,
                 "model_uri": rec.model_uri,
-                "final_loss": by_variant[rec.variant].train_loss[-1],
-                "params": by_variant[rec.variant].params.tolist(),
-                **(evaluations[rec.variant].metrics() if rec.variant in evaluations else {}),
+                "final_loss": by_variant[rec.variant].result.train_loss[-1],
+                "params": by_variant[rec.variant].result.params.tolist(),
+                **(ev.metrics() if (ev := by_variant[rec.variant].evaluation) else {}),
             }
             for rec in records
         },

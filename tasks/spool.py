@@ -19,14 +19,19 @@ from typing import Any
 import pandas as pd
 import torch
 
-from tasks.environment import state_dir
+from tasks import environment
 from training.normalize import Normalizer
 from training.serving import LinearPredictor, save_model
 
 
 def spool_root() -> Path:
     """Where unrecorded results wait: ``<state dir>/spool``."""
-    return state_dir() / "spool"
+    return environment.spool_dir()
+
+
+def folder(parent_run_id: str) -> Path:
+    """The folder of one parent run's waiting results."""
+    return spool_root() / parent_run_id
 
 
 @dataclass
@@ -71,23 +76,23 @@ class VariantPayload:
 
 def write(parent_run_id: str, parent: dict[str, Any], payloads: list[VariantPayload]) -> dict[str, str]:
     """Save the payloads (and the parent's description) before recording them; return their folders."""
-    root = spool_root() / parent_run_id
+    root = folder(parent_run_id)
     root.mkdir(parents=True, exist_ok=True)
     (root / "parent.json").write_text(json.dumps({**parent, "run_id": parent_run_id}, indent=1))
     folders = {}
     for payload in payloads:
-        folder = root / payload.variant
-        folder.mkdir(exist_ok=True)
-        (folder / "payload.json").write_text(json.dumps(asdict(payload)))
-        save_model(folder / "model", payload.predictor())
-        folders[payload.variant] = str(folder)
+        where = root / payload.variant
+        where.mkdir(exist_ok=True)
+        (where / "payload.json").write_text(json.dumps(asdict(payload)))
+        save_model(where / "model", payload.predictor())
+        folders[payload.variant] = str(where)
     return folders
 
 
 def pending(parent_run_id: str | None = None) -> list[Path]:
     """Parent folders that still hold unrecorded variants (all, or one parent run's)."""
     root = spool_root()
-    folders = [root / parent_run_id] if parent_run_id else sorted(root.glob("*")) if root.exists() else []
+    folders = [folder(parent_run_id)] if parent_run_id else sorted(root.glob("*")) if root.exists() else []
     return [f for f in folders if (f / "parent.json").exists()]
 
 
@@ -99,28 +104,28 @@ def variants(parent_folder: Path) -> list[Path]:
 PARTIAL_RUN = "partial_run_id"  # beside payload.json: the curves are not rewritten to note one id
 
 
-def note_partial_run(folder: Path, run_id: str) -> None:
+def note_partial_run(variant_folder: Path, run_id: str) -> None:
     """Remember the child run a recording attempt created (if the attempt fails, the upload closes it)."""
-    (Path(folder) / PARTIAL_RUN).write_text(run_id)
+    (Path(variant_folder) / PARTIAL_RUN).write_text(run_id)
 
 
-def read(folder: Path) -> VariantPayload:
+def read(variant_folder: Path | str) -> VariantPayload:
     """Load a payload written by ``write``, with the child run an earlier attempt left, if any."""
-    folder = Path(folder)
-    payload = VariantPayload(**json.loads((folder / "payload.json").read_text()))
-    if (folder / PARTIAL_RUN).exists():
-        payload.partial_run_id = (folder / PARTIAL_RUN).read_text().strip()
+    where = Path(variant_folder)
+    payload = VariantPayload(**json.loads((where / "payload.json").read_text()))
+    if (where / PARTIAL_RUN).exists():
+        payload.partial_run_id = (where / PARTIAL_RUN).read_text().strip()
     return payload
 
 
-def remove(folder: Path | str) -> None:
+def remove(variant_folder: Path | str) -> None:
     """Delete a recorded variant's payload."""
-    shutil.rmtree(folder, ignore_errors=True)
+    shutil.rmtree(variant_folder, ignore_errors=True)
 
 
 def cleanup(parent_run_id: str) -> None:
     """Delete a parent folder once no variant waits in it."""
-    root = spool_root() / parent_run_id
+    root = folder(parent_run_id)
     if root.exists() and not variants(root):
         shutil.rmtree(root, ignore_errors=True)
     with contextlib.suppress(OSError):  # and the spool itself once empty

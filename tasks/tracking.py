@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import tempfile
 import threading
 import time
@@ -23,12 +22,14 @@ from typing import Any, TypeVar
 
 import mlflow
 import pandas as pd
+import tenacity
 from matplotlib.figure import Figure
 from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
 from mlflow.models import Model, ModelSignature
 from mlflow.types import ColSpec, Schema
 
+from tasks import environment
 from training.serving import LinearPredictor, save_model
 
 logger = logging.getLogger(__name__)
@@ -51,29 +52,26 @@ class TrackingUnavailable(ConnectionError):
     """The MLflow tracking server does not answer."""
 
 
-def check_reachable(attempts: int = 3, timeout: float = 3.0) -> str:
+def check_reachable(timeout: float = 3.0) -> str:
     """Fail fast, naming the server, when an HTTP tracking URI does not answer; return the URI.
 
-    Any HTTP answer counts (a server with authentication answers 401 to an anonymous request).
+    One attempt: the flow's ``check-tracking-server`` task retries it. Any HTTP answer counts (a server with
+    authentication answers 401 to an anonymous request).
     """
     uri = tracking_uri()
     if not uri.startswith(("http://", "https://")):
         return uri
-    reason = ""
-    for attempt in range(attempts):
-        try:
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
-                return uri
-        except urllib.error.HTTPError:
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
             return uri
-        except (urllib.error.URLError, OSError) as exc:
-            reason = str(getattr(exc, "reason", exc))
-            if attempt + 1 < attempts:
-                time.sleep(1.0)
-    raise TrackingUnavailable(
-        f"cannot reach the MLflow tracking server at {uri} ({reason}); start it (make ui) or point "
-        "MLFLOW_TRACKING_URI at a running one"
-    )
+    except urllib.error.HTTPError:
+        return uri
+    except (urllib.error.URLError, OSError) as exc:
+        reason = str(getattr(exc, "reason", exc))
+        raise TrackingUnavailable(
+            f"cannot reach the MLflow tracking server at {uri} ({reason}); start it (make ui) or point "
+            "MLFLOW_TRACKING_URI at a running one"
+        ) from None
 
 
 def client() -> MlflowClient:
@@ -92,7 +90,7 @@ def ensure_experiment(name: str) -> str:
     if found is not None:
         return found.experiment_id
     location = None
-    root = os.environ.get("PIPELINE_ARTIFACT_ROOT")
+    root = environment.artifact_root()
     if root and not tracking_uri().startswith(("http://", "https://", "databricks")):
         location = Path(root, name).resolve().as_uri()
     try:
@@ -198,30 +196,31 @@ def log_dataset(
             digest=digest[:20],
         )
     entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
-    retry_on_conflict(lambda: client().log_inputs(run_id, datasets=[entity]))
+    retry_on_conflict(client().log_inputs, run_id, datasets=[entity])
 
 
 # What SQLite, PostgreSQL and MySQL say when an INSERT breaks a unique constraint.
-_CONFLICT_MARKERS = ("UNIQUE constraint failed", "duplicate key value violates unique", "Duplicate entry")
+_CONFLICTS = ("UNIQUE constraint failed", "duplicate key value violates unique", "Duplicate entry")
 
 
-def retry_on_conflict(call: Callable[[], T], attempts: int = 5) -> T:
-    """Run ``call`` again when the tracking store reports a lost insert race.
+def _lost_insert_race(exc: BaseException) -> bool:
+    return isinstance(exc, mlflow.exceptions.MlflowException) and any(m in str(exc) for m in _CONFLICTS)
+
+
+def retry_on_conflict(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``call(*args, **kwargs)``, tried up to five times while the tracking store reports a lost insert race.
 
     MLflow's SQL store looks a data set up and inserts it when missing, in one transaction: two runs that
     log the same data set at the same moment both miss it and the second INSERT breaks the unique key
-    (experiment, name, digest). The failed transaction is rolled back, so the retry finds the winner's row
-    and links to it.
+    (experiment, name, digest). The failed transaction is rolled back, so the retry finds the winner's row.
     """
-    for attempt in range(1, attempts):
-        try:
-            return call()
-        except mlflow.exceptions.MlflowException as exc:
-            if not any(m in str(exc) for m in _CONFLICT_MARKERS):
-                raise
-            logger.debug("tracking store insert conflict, retrying: %s", str(exc).splitlines()[0])
-            time.sleep(0.05 * attempt)
-    return call()  # the last attempt: its error, whatever it is, goes to the caller
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(_lost_insert_race),
+        stop=tenacity.stop_after_attempt(5),
+        wait=tenacity.wait_incrementing(start=0.05, increment=0.05),
+        reraise=True,
+    )
+    return retrying(call, *args, **kwargs)
 
 
 def log_model(
@@ -370,3 +369,14 @@ def run_exists(run_id: str) -> bool:
             return False
         raise
     return True
+
+
+def flow_run_record(experiment: str, flow_run_id: str) -> tuple[str, str, list[str]]:
+    """``(experiment id, parent run id, child run ids)`` of what one Prefect flow run recorded."""
+    found = client().get_experiment_by_name(experiment)
+    if found is None:
+        raise LookupError(f"no MLflow experiment named {experiment!r}")
+    runs = client().search_runs([found.experiment_id], f"tags.`prefect.flow_run_id` = '{flow_run_id}'")
+    [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r.info.run_id for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    return found.experiment_id, parent.info.run_id, children

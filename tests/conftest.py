@@ -1,7 +1,7 @@
 """Test session set-up: every store in a temporary directory, one Prefect test harness per session.
 
-The environment is set at import time, before any test module imports prefect or mlflow, so nothing a
-test does touches the repository's own .prefect/, mlflow.db or mlartifacts/.
+The environment is applied here, the test suite's entry point, before any test module imports prefect or
+mlflow, so nothing a test does touches the repository's own .prefect/, mlflow.db or mlartifacts/.
 """
 
 from __future__ import annotations
@@ -16,25 +16,29 @@ from pathlib import Path
 import pytest
 
 from ops import servers
+from tasks import environment
+
+from . import sockets
 
 SESSION_DIR = Path(tempfile.mkdtemp(prefix="thermo-tests-"))
+for var in (
+    "PREFECT_API_URL",
+    "PREFECT_API_KEY",
+    "PREFECT_HOME",
+    "MLFLOW_TRACKING_URI",
+    "PIPELINE_ARTIFACT_ROOT",
+):
+    os.environ.pop(var, None)
 os.environ.update(
     {
         "PIPELINE_STATE_DIR": str(SESSION_DIR),
-        "PREFECT_HOME": str(SESSION_DIR / "prefect"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
-        "MLFLOW_TRACKING_URI": f"sqlite:///{SESSION_DIR / 'mlflow.db'}",
-        "PIPELINE_ARTIFACT_ROOT": str(SESSION_DIR / "mlartifacts"),
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        # the models this project logs must load without unpickling anything
-        "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
         # never pick up the user's `make ui` servers
         "PIPELINE_DETECT_SERVERS": "false",
+        # the models this project logs must load without unpickling anything
+        "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
     }
 )
-for var in ("PREFECT_API_URL", "PREFECT_API_KEY"):
-    os.environ.pop(var, None)
+environment.apply()
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data" / "thermometer.csv"
@@ -97,7 +101,7 @@ def mlflow_server():
     from mlflow import MlflowClient
 
     tmp = Path(tempfile.mkdtemp(prefix="thermo-registry-"))
-    port = servers.free_port()
+    port = sockets.free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = servers.mlflow_command("127.0.0.1", port, f"sqlite:///{tmp}/mlflow.db", tmp / "artifacts")
     with (
@@ -133,7 +137,7 @@ def prefect_server(tmp_path_factory):
     A flow run on it skips the temporary server's start-up (about 11 s); the registry lock lives there.
     """
     tmp = tmp_path_factory.mktemp("prefect-server")
-    port = servers.free_port()
+    port = sockets.free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = servers.prefect_env(tmp / "home", api)
     with servers.running(

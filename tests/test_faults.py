@@ -12,6 +12,7 @@ from mlflow import MlflowClient
 
 from ops import servers
 
+from . import sockets
 from .conftest import subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,7 +48,7 @@ def wait_for_child_run(client: MlflowClient, deadline: float, flow: subprocess.P
 
 
 def test_mlflow_restarted_mid_run_loses_nothing(prefect_server, tmp_path):
-    port = servers.free_port()
+    port = sockets.free_port()
     url = f"http://127.0.0.1:{port}"
     server = start_mlflow(port, tmp_path)
     flow = subprocess.Popen(
@@ -85,7 +86,7 @@ def test_mlflow_restarted_mid_run_loses_nothing(prefect_server, tmp_path):
 
 
 def test_mlflow_gone_for_good_keeps_the_results_and_upload_records_them_later(prefect_server, tmp_path):
-    port = servers.free_port()
+    port = sockets.free_port()
     url = f"http://127.0.0.1:{port}"
     server = start_mlflow(port, tmp_path)
     env = flow_env(tmp_path, url, prefect_server) | {
@@ -136,15 +137,15 @@ def test_mlflow_gone_for_good_keeps_the_results_and_upload_records_them_later(pr
 
 
 def trained(settings):
-    """The flow's first steps, through the tasks: loaded data, split, three trained variants, evaluations."""
+    """The flow's first steps, through the tasks: loaded data, split, three trained and evaluated variants."""
     from tasks.data import load_dataset, prepare_data
     from tasks.evaluate import evaluate_variants
-    from tasks.train import train_variant
+    from tasks.train import train_task
 
     loaded = load_dataset.fn(str(REPO / "data" / "thermometer.csv"), ["t_u"], "t_c")
-    prepared = prepare_data.fn(loaded, ["t_u"], "t_c", "scale", 0.1, 0.2, 42)
-    results = [train_variant.fn(v, prepared, settings) for v in settings.variants]
-    return loaded, prepared, results, evaluate_variants.fn(results, prepared, settings)
+    prepared = prepare_data.fn(loaded, settings)
+    results = [train_task.fn(v, prepared, settings) for v in settings.variants]
+    return loaded, prepared, evaluate_variants.fn(results, prepared, settings)
 
 
 def test_upload_to_a_server_that_never_saw_the_run_creates_it_whole(tmp_path, monkeypatch):
@@ -153,19 +154,20 @@ def test_upload_to_a_server_that_never_saw_the_run_creates_it_whole(tmp_path, mo
 
     from ops.upload import upload
     from tasks import spool, tracking
-    from tasks.record import Tracking, spool_results
-    from training.config import TrainSettings
+    from tasks.record import spool_results
+    from tasks.recorder import Tracking
+    from training.settings import TrainSettings
 
     monkeypatch.setenv("PIPELINE_STATE_DIR", str(tmp_path))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/other.db")
     monkeypatch.setenv("PIPELINE_ARTIFACT_ROOT", str(tmp_path / "artifacts"))
     settings = TrainSettings(epochs=300, experiment="elsewhere")
     with disable_run_logger():
-        _, prepared, results, evaluations = trained(settings)
+        _, prepared, variants = trained(settings)
         lost = Tracking(experiment_id="0", parent_run_id="f" * 32, url=None)  # a run this store never had
-        spool_results.fn(lost, results, evaluations, prepared, settings)
+        spool_results.fn(lost, variants, prepared, settings)
     [waiting] = spool.pending()
-    # a child run an interrupted attempt created, noted the way record_payload notes it
+    # a child run an interrupted attempt created, noted the way record_variant notes it
     first = spool.variants(waiting)[0]
     half = tracking.start_run(
         tracking.ensure_experiment("elsewhere"), first.name, {}, {},
@@ -195,10 +197,11 @@ def test_mlflow_gone_while_the_parent_run_closes_then_upload_closes_it(
 
     from ops.upload import upload
     from tasks import spool
-    from tasks.record import RecordingFailed, finish_tracking, log_variant, spool_results, start_tracking
-    from training.config import TrainSettings
+    from tasks.record import finish_tracking, log_variant, spool_results, start_tracking
+    from tasks.recorder import RecordingFailed
+    from training.settings import TrainSettings
 
-    port = servers.free_port()
+    port = sockets.free_port()
     url = f"http://127.0.0.1:{port}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     monkeypatch.setenv("PIPELINE_STATE_DIR", str(tmp_path))
@@ -206,16 +209,16 @@ def test_mlflow_gone_while_the_parent_run_closes_then_upload_closes_it(
     server = start_mlflow(port, tmp_path)
     settings = TrainSettings(epochs=300)
     with disable_run_logger():
-        loaded, prepared, results, evaluations = trained(settings)
+        loaded, prepared, variants = trained(settings)
         try:
             run = start_tracking.fn(settings, loaded)
-            for variant, folder in spool_results.fn(run, results, evaluations, prepared, settings).items():
+            for variant, folder in spool_results.fn(run, variants, prepared, settings).items():
                 log_variant.fn(run, variant, folder)
         finally:
             servers.stop_group(server.pid, timeout=0.1)  # gone before the parent run is closed
         closing = "could not close MLflow run .*`make upload` closes the run"
         with pytest.raises(RecordingFailed, match=closing):
-            finish_tracking.fn(run, results, evaluations, settings, "summary")
+            finish_tracking.fn(run, variants, settings, "summary")
     [waiting] = spool.pending()
     assert not spool.variants(waiting)  # the variants are recorded; only the parent's summary waits
 
@@ -226,7 +229,7 @@ def test_mlflow_gone_while_the_parent_run_closes_then_upload_closes_it(
         parent = client.get_run(run.parent_run_id)
         assert parent.info.status == "FINISHED"
         assert parent.data.metrics["variants_converged"] == 3  # every variant, though none was in the spool
-        best = min(ev.metrics()["val_mse"] for ev in evaluations.values())
+        best = min(t.evaluation.metrics()["val_mse"] for t in variants)
         assert parent.data.metrics["best_val_mse"] == pytest.approx(best)
         assert "loss_curves.png" in {a.path for a in client.list_artifacts(run.parent_run_id)}
         assert not spool.pending()

@@ -212,7 +212,7 @@ def test_bad_data_fails_before_training_with_the_file_and_column(mlflow_client, 
 
 
 def test_mlflow_server_down_fails_fast_naming_it_before_any_work(monkeypatch):
-    from ops.servers import free_port
+    from .sockets import free_port
 
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)

@@ -13,6 +13,7 @@ import pytest
 
 from ops import servers
 
+from . import sockets
 from .conftest import postgres_database, subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,7 +38,7 @@ def test_eight_concurrent_runs_all_complete_with_full_curves_and_the_best_champi
 ):
     from mlflow import MlflowClient
 
-    port = servers.free_port()
+    port = sockets.free_port()
     url = f"http://127.0.0.1:{port}"
     with backend_store(backend, tmp_path) as store:
         cmd = servers.mlflow_command("127.0.0.1", port, store, tmp_path / "artifacts")

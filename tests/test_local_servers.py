@@ -12,6 +12,7 @@ from mlflow import MlflowClient
 
 from ops import servers
 
+from . import sockets
 from .conftest import subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,7 +37,7 @@ def test_ui_servers_show_earlier_runs_take_new_ones_and_stop_cleanly(tmp_path):
     assert "Traceback" not in first and "Finished in state Completed()" in first
 
     # 2. make ui on the same stores
-    prefect_port, mlflow_port = servers.free_port(), servers.free_port()
+    prefect_port, mlflow_port = sockets.free_port(), sockets.free_port()
     try:
         printed = run(
             [

@@ -19,6 +19,8 @@ from flows.predict import predict
 from flows.train import train
 from ops import servers
 
+from . import sockets
+
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_harness")]
 READINGS = "sensor,t_u\nkitchen,35.7\ncellar,21.8\nattic,81.9\ngarage,48.4\nporch,60.4\n"
 
@@ -92,7 +94,7 @@ def test_unknown_model_is_a_clear_error(write):
 
 def test_model_server_answers_in_celsius(mlflow_server, champion, tmp_path):
     name, _, w, b = champion
-    port = servers.free_port()
+    port = sockets.free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"]}
     serve = ["mlflow", "models", "serve", "-m", f"models:/{name}@champion", "--env-manager", "local"]
     cmd = [
@@ -109,7 +111,7 @@ def test_model_server_answers_in_celsius(mlflow_server, champion, tmp_path):
     with servers.running(
         cmd, env, tmp_path / "serve.log", f"http://127.0.0.1:{port}/ping", timeout=120
     ) as proc:
-        assert "127.0.0.1" in proc.args and servers.listening_addresses(port) == {"127.0.0.1"}
+        assert "127.0.0.1" in proc.args and sockets.listening_addresses(port) == {"127.0.0.1"}
         answer = requests.post(
             f"http://127.0.0.1:{port}/invocations",
             json={"dataframe_records": [{"t_u": 35.7}, {"t_u": 81.9}]},

@@ -16,6 +16,7 @@ import yaml
 
 from ops import servers
 
+from . import sockets
 from .conftest import subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,7 +40,7 @@ def auth_mlflow(tmp_path_factory):
             "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
         }
     )
-    port = servers.free_port()
+    port = sockets.free_port()
     cmd = servers.mlflow_command(
         "127.0.0.1", port, f"sqlite:///{tmp}/mlflow.db", tmp / "artifacts", app="basic-auth"
     )
@@ -95,7 +96,7 @@ def test_pipeline_runs_with_credentials_from_the_environment_and_writes_them_now
 
 def test_prefect_server_with_an_auth_string(tmp_path):
     auth = "admin:" + secrets.token_hex(8)
-    port = servers.free_port()
+    port = sockets.free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = servers.prefect_env(tmp_path / "home", api, {"PREFECT_SERVER_API_AUTH_STRING": auth})
     with servers.running(

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from prefect.logging import disable_run_logger
 
 from tasks.data import load_dataset, prepare_data
 from tasks.evaluate import evaluate_variants
-from tasks.train import train_variant
-from training.config import TrainSettings, check_settings
+from tasks.train import train_task
 from training.errors import ConfigError, DataError
+from training.settings import TrainSettings
 
 from .conftest import DATA
 
@@ -34,7 +36,7 @@ def test_load_dataset_does_not_retry_bad_data_but_would_retry_io(write):
 
 def test_prepare_data_splits_and_normalises_with_training_statistics():
     loaded = load_dataset.fn(str(DATA), ["t_u"], "t_c")
-    p = prepare_data.fn(loaded, ["t_u"], "t_c", "zscore", 0.1, 0.2, 42)
+    p = prepare_data.fn(loaded, TrainSettings(normalize="zscore", val_fraction=0.2, seed=42))
     assert len(p.y_train) == 9 and len(p.y_val) == 2 and p.has_val
     assert p.x_train.mean().abs() < 1e-5  # zscore on the training rows
     raw = torch.tensor(p.train_frame["t_u"].to_numpy(), dtype=torch.float32)
@@ -45,10 +47,11 @@ def test_prepare_data_splits_and_normalises_with_training_statistics():
 def test_train_and_evaluate_tasks_on_the_books_setting():
     settings = TrainSettings(val_fraction=0.0, epochs=5000)
     loaded = load_dataset.fn(str(DATA), ["t_u"], "t_c")
-    p = prepare_data.fn(loaded, ["t_u"], "t_c", "scale", 0.1, 0.0, 42)
-    timed = train_variant.fn("manual", p, settings)
-    assert timed.result.train_loss[-1] == pytest.approx(2.927648, abs=1e-5) and timed.seconds > 0
-    ev = evaluate_variants.fn([timed], p, settings)["manual"]
+    p = prepare_data.fn(loaded, settings)
+    trained = train_task.fn("manual", p, settings)
+    assert trained.result.train_loss[-1] == pytest.approx(2.927648, abs=1e-5) and trained.seconds > 0
+    [evaluated] = evaluate_variants.fn([trained], p, settings)
+    ev = evaluated.evaluation
     assert ev.optimum_mse == pytest.approx(2.9276455709, abs=1e-6)
     assert 0 <= ev.optimum_gap < 1e-5
     assert ev.grad_check_init < 1e-12 and ev.grad_check_final < 1e-12
@@ -58,31 +61,35 @@ def test_train_and_evaluate_tasks_on_the_books_setting():
 @pytest.mark.parametrize(
     ("change", "pattern"),
     [
-        ({"features": ("t_u", "t_c")}, "target 't_c' is also listed"),
-        ({"features": ()}, "features is empty"),
-        ({"optimizer": "Adamm"}, "unknown optimizer 'Adamm'"),
+        ({"features": ["t_u", "t_c"]}, "target 't_c' is also listed"),
+        ({"features": []}, "features: List should have at least 1 item"),
+        ({"features": ["t_u", "t_u"]}, "features: lists a column twice"),
+        ({"optimizer": "Adamm"}, "optimizer: Input should be 'ASGD'"),
         ({"optimizer_options": {"momentun": 0.9}}, "momentun"),
-        ({"val_fraction": 1.0}, "val_fraction"),
-        ({"epochs": 0}, "epochs"),
-        ({"lr": -1.0}, "lr must be > 0"),
-        ({"variants": ("manual", "newton")}, "unknown variant"),
-        ({"init_weight": (1.0, 2.0)}, "2 weights for 1 features"),
+        ({"optimizer_options": {"lr": 0.9}}, "as lr"),
+        ({"val_fraction": 1.0}, "val_fraction: Input should be less than 1"),
+        ({"epochs": 0}, "epochs: Input should be greater than or equal to 1"),
+        ({"lr": -1.0}, "lr: Input should be greater than 0"),
+        ({"scale": 0.0}, "scale: Input should be greater than 0"),
+        ({"variants": ["manual", "newton"]}, "variants.1: Input should be 'manual'"),
+        ({"init": {"weight": [1.0, 2.0]}}, "2 weights for 1 features"),
+        ({"epoch": 10}, "epoch: Extra inputs are not permitted"),
     ],
 )
 def test_settings_are_checked_before_anything_runs(change, pattern):
-    with pytest.raises(ConfigError, match=pattern):
-        check_settings(TrainSettings(**change))
+    with pytest.raises(ConfigError, match=re.escape(pattern)):
+        TrainSettings.parse(change)
 
 
 def test_reads_retry_while_maths_and_run_creating_writes_do_not():
     from tasks.evaluate import evaluate_variants
     from tasks.predict import record_predictions, resolve_model
-    from tasks.record import finish_tracking, log_variant, start_tracking
+    from tasks.record import check_tracking, finish_tracking, log_variant, start_tracking
 
-    for read in (load_dataset, resolve_model):  # idempotent: safe to run again
+    for read in (load_dataset, resolve_model, check_tracking):  # idempotent: safe to run again
         assert read.retries >= 2, read.name
     # deterministic maths gains nothing from a retry; a retried run-creating write would duplicate the run
     # (MLflow's client retries each request instead: tests/test_faults.py)
     writes = (start_tracking, log_variant, finish_tracking, record_predictions)
-    for task_ in (prepare_data, train_variant, evaluate_variants, *writes):
+    for task_ in (prepare_data, train_task, evaluate_variants, *writes):
         assert not task_.retries, task_.name

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,7 @@ import pandas as pd
 import torch
 
 from training.errors import DataError
+from training.normalize import Normalizer, fit_normalizer
 
 logger = logging.getLogger(__name__)
 
@@ -164,11 +167,10 @@ def split_indices(
     Raises:
         DataError: when the table has too few rows for the requested split.
     """
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     n_val = int(val_fraction * n)
     if val_fraction > 0 and n_val == 0:
-        need = next(m for m in range(n + 1, 10 * n + 100) if int(val_fraction * m) >= 1)
+        need = math.ceil(1 / val_fraction)
+        need += int(val_fraction * need) < 1  # 1 / val_fraction may round below the true quotient
         raise DataError(
             source,
             f"{n} data rows are too few for val_fraction={val_fraction}: it needs at least {need} rows "
@@ -179,3 +181,53 @@ def split_indices(
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(n, generator=generator)
     return order[: n - n_val], order[n - n_val :]  # the book keeps the last n_val for validation
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A train/validation split: normalised inputs (float32), targets, and the rows in original units."""
+
+    x_train: torch.Tensor  # (n_train, k), normalised
+    y_train: torch.Tensor  # (n_train,)
+    x_val: torch.Tensor  # (n_val, k), normalised; n_val may be 0
+    y_val: torch.Tensor  # (n_val,)
+    train_frame: pd.DataFrame  # original units, for plots and examples
+    val_frame: pd.DataFrame
+    normalizer: Normalizer
+    train_index: tuple[int, ...] = ()  # positions of the training rows in the file
+    val_index: tuple[int, ...] = ()
+
+    @property
+    def has_val(self) -> bool:
+        """True when there is a validation split."""
+        return len(self.y_val) > 0
+
+
+def prepare(
+    frame: pd.DataFrame,
+    features: list[str],
+    target: str,
+    normalize: str,
+    scale: float,
+    val_fraction: float,
+    seed: int,
+    source: str = "<data>",
+) -> Prepared:
+    """Split the rows with the seed, fit normalisation on the training rows only, apply it to both splits."""
+    train_idx, val_idx = split_indices(len(frame), val_fraction, seed, source=source)
+    train_frame = frame.iloc[train_idx.tolist()].reset_index(drop=True)
+    val_frame = frame.iloc[val_idx.tolist()].reset_index(drop=True)
+    x_train, y_train = to_tensors(train_frame, features, target)
+    x_val, y_val = to_tensors(val_frame, features, target)
+    normalizer = fit_normalizer(x_train, features, normalize, scale, source=source)
+    return Prepared(
+        x_train=normalizer.apply(x_train),
+        y_train=y_train,
+        x_val=normalizer.apply(x_val),
+        y_val=y_val,
+        train_frame=train_frame,
+        val_frame=val_frame,
+        normalizer=normalizer,
+        train_index=tuple(train_idx.tolist()),
+        val_index=tuple(val_idx.tolist()),
+    )

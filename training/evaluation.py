@@ -8,6 +8,8 @@ import torch
 
 from training.model import gradient_gap, least_squares, mse, predict, regression_metrics
 
+GRADIENT_TOLERANCE = 1e-10  # relative; a correct hand-written gradient agrees with autograd to ~1e-16
+
 
 @dataclass(frozen=True)
 class Evaluation:
@@ -19,6 +21,16 @@ class Evaluation:
     optimum_gap: float = float("nan")  # train mse - optimum_mse (>= 0 up to rounding)
     grad_check_init: float = float("nan")  # relative manual-vs-autograd gradient gap at the initial params
     grad_check_final: float = float("nan")  # ... and at the final params
+
+    @property
+    def scored(self) -> dict[str, float]:
+        """The split a model is judged on: validation, or training when there is no validation split."""
+        return self.val or self.train
+
+    @property
+    def grad_check(self) -> float:
+        """The larger of the two manual-vs-autograd gradient gaps."""
+        return max(self.grad_check_init, self.grad_check_final)
 
     def metrics(self) -> dict[str, float]:
         """Flat metric names, as recorded: ``train_mse``, ``val_rmse``, ``optimum_gap``, ..."""

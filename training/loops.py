@@ -166,10 +166,6 @@ def train(
     Returns:
         A ``TrainResult`` with the final parameters (detached), the curves and the stop reason.
     """
-    if epochs < 1:
-        raise ConfigError(f"epochs must be >= 1, got {epochs}")
-    if not lr > 0:
-        raise ConfigError(f"lr must be > 0, got {lr}")
     params = init.detach().clone().to(x.dtype)
     design = design_matrix(x)  # once, not every epoch
     if variant == "manual":

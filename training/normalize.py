@@ -7,13 +7,11 @@ that travel with the model as JSON, and a model trained on ``x_n`` folds back in
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Literal
 
 import torch
 
 from training.errors import DataError
 
-Method = Literal["none", "scale", "zscore", "minmax"]
 METHODS: tuple[str, ...] = ("none", "scale", "zscore", "minmax")
 
 
@@ -78,15 +76,13 @@ def fit_normalizer(
 
     Raises:
         DataError: for a constant feature under ``zscore`` or ``minmax`` (it would divide by zero).
-        ValueError: for an unknown method or a non-positive scale.
+        ValueError: for an unknown method.
     """
     k = x.shape[1]
     x64 = x.to(torch.float64)
     if method == "none":
         shift, factor = [0.0] * k, [1.0] * k
     elif method == "scale":
-        if not scale > 0:
-            raise ValueError(f"scale must be > 0, got {scale}")
         shift, factor = [0.0] * k, [float(scale)] * k
     elif method in ("zscore", "minmax"):
         if method == "zscore":

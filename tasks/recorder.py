@@ -1,0 +1,164 @@
+"""The MLflow record of a training run, free of Prefect: used by the flow's tasks and by ``make upload``.
+
+A parent run per flow run; a child run per variant with its curves, metrics, plots and model, recorded from a
+``spool.VariantPayload`` (so the same code records live results and results that waited in the spool).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tasks import plots, spool, tracking
+from training.data import Prepared
+from training.runs import Trained
+from training.serving import LinearPredictor
+from training.settings import TrainSettings
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """Where a flow run is recorded."""
+
+    experiment_id: str
+    parent_run_id: str
+    url: str | None  # browser link when an MLflow server is in use
+
+
+@dataclass(frozen=True)
+class VariantRecord:
+    """What was recorded for one variant."""
+
+    variant: str
+    run_id: str
+    status: str  # FINISHED or FAILED
+    model_uri: str | None  # models:/m-... for a converged variant
+
+
+class RecordingFailed(RuntimeError):
+    """MLflow could not take a variant's results; they wait in the spool for ``make upload``."""
+
+
+def build_payload(
+    trained: Trained, prepared: Prepared, settings: TrainSettings, tags: dict[str, str]
+) -> spool.VariantPayload:
+    """Everything the child run of one variant will hold, as plain data."""
+    r, ev = trained.result, trained.evaluation
+    columns = [*settings.features, settings.target]
+    return spool.VariantPayload(
+        variant=r.variant,
+        started_ms=trained.started_ms,
+        seconds=trained.seconds,
+        params=r.params.tolist(),
+        train_loss=r.train_loss,
+        val_loss=r.val_loss,
+        stop_reason=r.stop_reason,
+        message=r.message,
+        metrics=ev.metrics() if ev else None,
+        tags={**tags, "variant": r.variant, "stop_reason": r.stop_reason},
+        run_params={**settings.as_params(), "variant": r.variant},
+        features=list(settings.features),
+        target=settings.target,
+        epochs=settings.epochs,
+        normalizer=prepared.normalizer.to_dict(),
+        train_rows=prepared.train_frame[columns].to_dict(orient="records"),
+        val_rows=prepared.val_frame[columns].to_dict(orient="records"),
+    )
+
+
+def _coefficients(predictor: LinearPredictor) -> dict[str, float]:
+    folded = predictor.normalizer.fold(predictor.params).tolist()
+    return {
+        **{f"coef_{f}": w for f, w in zip(predictor.features, folded[:-1], strict=True)},
+        "intercept": folded[-1],
+    }
+
+
+def record_variant(
+    payload: spool.VariantPayload, experiment_id: str, parent_run_id: str, folder: str | None = None
+) -> VariantRecord:
+    """Record one variant as a child run: curves, metrics, plots and, if it converged, the model.
+
+    A child run left by an earlier failed attempt is closed as KILLED; with ``folder``, the new child run's id
+    is noted there as soon as it exists, so a failure from then on leaves nothing RUNNING after the upload.
+    """
+    p = payload
+    if p.partial_run_id:
+        tracking.end_run(
+            p.partial_run_id, tracking.KILLED, note="superseded by a complete upload of the same results"
+        )
+    run_id = tracking.start_run(
+        experiment_id,
+        p.variant,
+        p.tags,
+        p.run_params,
+        parent_run_id=parent_run_id,
+        start_time_ms=p.started_ms,
+        on_created=(lambda run_id: spool.note_partial_run(Path(folder), run_id)) if folder else None,
+    )
+    try:
+        return _record_child(p, experiment_id, run_id)
+    except BaseException as exc:
+        with contextlib.suppress(Exception):  # the server may be the thing that failed
+            tracking.end_run(run_id, tracking.FAILED, note=f"recording failed: {exc!r}")
+        raise
+
+
+def _record_child(p: spool.VariantPayload, experiment_id: str, run_id: str) -> VariantRecord:
+    train_frame, val_frame = p.frames()
+    model_uri = None
+    if p.converged:
+        # first: Model.log reads back the run's whole metric history, which is still empty here
+        model_uri = tracking.log_model(run_id, experiment_id, p.predictor(), train_frame[p.features].head(3))
+    tracking.log_curves(run_id, {"train_loss": p.train_loss, "val_loss": p.val_loss})
+    summary = {"epochs_run": float(len(p.train_loss)), "train_seconds": p.seconds}
+    tracking.log_figure(
+        run_id, plots.loss_curve(p.variant, p.train_loss, p.val_loss, p.epochs), "loss_curve.png"
+    )
+    if not p.converged:
+        tracking.log_metrics(run_id, summary)
+        tracking.end_run(run_id, tracking.FAILED, note=p.message)
+        return VariantRecord(p.variant, run_id, tracking.FAILED, None)
+    predictor = p.predictor()
+    trained = {f"w_{f}": w for f, w in zip(p.features, p.params[:-1], strict=True)} | {"b": p.params[-1]}
+    coefficients = _coefficients(predictor)
+    tracking.log_metrics(run_id, {**summary, **trained, **coefficients, **p.metrics})
+    tracking.log_dict(run_id, {"trained_space": trained, "original_units": coefficients}, "coefficients.json")
+    tracking.log_figure(run_id, plots.fit_plot(predictor, train_frame, val_frame), "fit.png")
+    tracking.set_tags(run_id, {"model_uri": model_uri})
+    tracking.end_run(run_id, tracking.FINISHED)
+    return VariantRecord(p.variant, run_id, tracking.FINISHED, model_uri)
+
+
+def closing(trained: list[Trained]) -> dict[str, Any]:
+    """What ``close_parent`` needs: every variant's training curve, every converged variant's metrics."""
+    return {
+        "curves": {t.variant: t.result.train_loss for t in trained},
+        "metrics": {t.variant: t.evaluation.metrics() for t in trained if t.evaluation},
+    }
+
+
+def close_parent(
+    parent_run_id: str,
+    curves: dict[str, list[float]],
+    metrics: dict[str, dict[str, float]],
+    epochs: int,
+    note: str,
+) -> str:
+    """Overlay plot, headline metrics of the best variant, note, and FINISHED (FAILED if none converged)."""
+    optimum = next(iter(metrics.values()))["optimum_mse"] if metrics else None
+    tracking.log_figure(parent_run_id, plots.loss_curves(curves, epochs, optimum), "loss_curves.png")
+    headline = {"variants_converged": float(len(metrics))}
+    if metrics:
+        # the best variant's numbers; each child run holds its own full set
+        headline["optimum_mse"] = optimum
+        headline["best_train_mse"] = min(m["train_mse"] for m in metrics.values())
+        if all("val_mse" in m for m in metrics.values()):
+            headline["best_val_mse"] = min(m["val_mse"] for m in metrics.values())
+            headline["best_val_rmse"] = min(m["val_rmse"] for m in metrics.values())
+    tracking.log_metrics(parent_run_id, headline)
+    status = tracking.FINISHED if metrics else tracking.FAILED
+    tracking.end_run(parent_run_id, status, note=note)
+    return status

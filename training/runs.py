@@ -1,0 +1,73 @@
+"""One variant trained on prepared data with one configuration, then evaluated: what the pipeline records.
+
+``train_variant`` runs the shared loop with a configuration's settings and times it; ``evaluate_trained``
+adds the metrics. The ``train`` flow does this for each variant; a sweep does it again for its best trials,
+exactly (the sweep engine equals ``loops.train`` configuration by configuration).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+from training.data import Prepared
+from training.evaluation import Evaluation, evaluate
+from training.loops import EpochCallback, TrainResult, train
+from training.settings import TrainingConfig
+
+
+@dataclass(frozen=True)
+class Trained:
+    """One trained variant: its result, its wall-clock span and, once evaluated, its metrics."""
+
+    result: TrainResult
+    started_ms: int  # for the tracking record's start time
+    seconds: float
+    evaluation: Evaluation | None = None  # None until evaluated, and for a variant that diverged
+
+    @property
+    def variant(self) -> str:
+        """``manual``, ``autograd`` or ``optimizer``."""
+        return self.result.variant
+
+    @property
+    def converged(self) -> bool:
+        """True when every epoch ran with a finite loss."""
+        return self.result.converged
+
+
+def train_variant(
+    variant: str, prepared: Prepared, config: TrainingConfig, on_epoch: EpochCallback | None = None
+) -> Trained:
+    """Train ``variant`` on the prepared split with the configuration's optimiser, schedule and start."""
+    started_ms, t0 = int(time.time() * 1000), time.perf_counter()
+    result = train(
+        variant,
+        prepared.x_train,
+        prepared.y_train,
+        lr=config.lr,
+        epochs=config.epochs,
+        init=config.initial_params(),
+        x_val=prepared.x_val if prepared.has_val else None,
+        y_val=prepared.y_val if prepared.has_val else None,
+        optimizer=config.optimizer,
+        optimizer_options=config.optimizer_options,
+        on_epoch=on_epoch,
+    )
+    return Trained(result=result, started_ms=started_ms, seconds=time.perf_counter() - t0)
+
+
+def evaluate_trained(trained: Trained, prepared: Prepared, config: TrainingConfig, optimum: float) -> Trained:
+    """The same value with its evaluation (unchanged when it diverged: there is nothing to evaluate)."""
+    if not trained.converged:
+        return trained
+    val = (prepared.x_val, prepared.y_val) if prepared.has_val else (None, None)
+    ev = evaluate(
+        trained.result.params,
+        config.initial_params(),
+        prepared.x_train,
+        prepared.y_train,
+        *val,
+        best_mse=optimum,
+    )
+    return replace(trained, evaluation=ev)

@@ -1,0 +1,162 @@
+"""The settings of a training run: each one's name, type, default, bounds and description, in one place.
+
+``TrainingConfig`` is what one training depends on; ``TrainSettings`` adds what a ``train`` flow run does
+with it (which variants, where it is recorded, the registry). The flow's parameters (so the Prefect UI's form
+and its validation), the command line's ``--help``, the check of prefect.yaml's deployments and the README's
+table all come from these models (``flows/parameters.py``); a sweep's search space names the same settings.
+The lists of choices are the library's own (``VARIANTS``, ``METHODS``, ``optimizer_classes()``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from training.errors import ConfigError
+from training.loops import VARIANTS, initial_params, make_optimizer, optimizer_classes
+from training.normalize import METHODS
+
+Normalize = Literal[METHODS]
+VariantName = Literal[VARIANTS]
+OptimizerName = Literal[tuple(optimizer_classes())]  # every torch.optim class: a drop-down in the UI
+
+
+class Init(BaseModel):
+    """Starting parameters: one weight for every feature (or a list, one per feature) and the bias."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    weight: float | list[float] = 1.0
+    bias: float = 0.0
+
+
+class Settings(BaseModel):
+    """Base of the settings models: immutable, unknown names refused, errors as ``ConfigError``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @classmethod
+    def parse(cls, values: dict[str, Any]) -> Settings:
+        """Build the settings from plain values.
+
+        Raises:
+            ConfigError: one line per problem, each naming the setting.
+        """
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            problems = []
+            for error in exc.errors():
+                where = ".".join(str(p) for p in error["loc"]) or "settings"
+                problems.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
+            raise ConfigError("; ".join(problems)) from None
+
+
+class TrainingConfig(Settings):
+    """One training: the data, its split and normalisation, the optimiser, the schedule and the start."""
+
+    data: str = Field(
+        "data/thermometer.csv",
+        description="CSV (.csv, .txt, .tsv) or Parquet (.parquet, .pq) file; relative paths resolve "
+        "against the working directory",
+    )
+    features: Annotated[list[str], Field(min_length=1)] = Field(
+        ["t_u"], description="input columns; the model is linear in all of them, y = x @ w + b"
+    )
+    target: Annotated[str, Field(min_length=1)] = Field(
+        "t_c", description="the column to predict (must not be among features)"
+    )
+    normalize: Normalize = Field(
+        "scale",
+        description="none, scale (multiply by scale), zscore or minmax; fitted on the training split, "
+        "saved with the model",
+    )
+    scale: Annotated[float, Field(gt=0)] = Field(
+        0.1, description="the factor for normalize=scale (the book's t_un = 0.1 * t_u)"
+    )
+    val_fraction: Annotated[float, Field(ge=0, lt=1)] = Field(
+        0.2, description="share of rows held out, in [0, 1); 0 trains on every row like the book's runs"
+    )
+    seed: int = Field(42, description="seeds the split (an explicit torch.Generator)")
+    optimizer: OptimizerName = Field("SGD", description="the torch.optim class of the optimizer variant")
+    optimizer_options: dict[str, Any] = Field(
+        {}, description='extra arguments for it, e.g. {"momentum": 0.9}'
+    )
+    lr: Annotated[float, Field(gt=0)] = Field(1e-2, description="learning rate")
+    epochs: Annotated[int, Field(ge=1)] = Field(5000, description="updates per variant")
+    init: Init = Field(
+        Init(), description='starting parameters {"weight": 1.0, "bias": 0.0}; weight may be a list'
+    )
+
+    @field_validator("features")
+    @classmethod
+    def _distinct(cls, features: list[str]) -> list[str]:
+        if len(set(features)) != len(features):
+            raise ValueError(f"lists a column twice: {features}")
+        return features
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainingConfig:
+        if self.target in self.features:
+            raise ValueError(f"the target {self.target!r} is also listed in features {self.features}")
+        if isinstance(self.init.weight, list) and len(self.init.weight) != len(self.features):
+            raise ValueError(f"init has {len(self.init.weight)} weights for {len(self.features)} features")
+        try:
+            make_optimizer(
+                self.optimizer, [torch.zeros(1, requires_grad=True)], self.lr, self.optimizer_options
+            )
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    def initial_params(self) -> torch.Tensor:
+        """The starting ``[w..., b]`` (k + 1,)."""
+        return initial_params(len(self.features), self.init.weight, self.init.bias)
+
+    def as_params(self) -> dict[str, Any]:
+        """The settings as a flat dict of simple values (for tracking and reports)."""
+        params = self.model_dump()
+        init = params.pop("init")
+        return {**params, "init_weight": init["weight"], "init_bias": init["bias"]}
+
+
+class TrainSettings(TrainingConfig):
+    """A ``train`` flow run: one training configuration, the variants to train, where to record them."""
+
+    variants: Annotated[list[VariantName], Field(min_length=1)] = Field(
+        list(VARIANTS), description="any of manual, autograd, optimizer"
+    )
+    experiment: Annotated[str, Field(min_length=1)] = Field("thermometer", description="MLflow experiment")
+    model_name: Annotated[str, Field(min_length=1)] | None = Field(
+        "thermometer",
+        description="registered model that the best variant is registered under; null skips registration",
+    )
+    max_val_rmse: Annotated[float, Field(gt=0)] | None = Field(
+        None,
+        description="quality gate: a best variant with a larger validation RMSE (training RMSE without a "
+        "split) is not registered",
+    )
+
+    @field_validator("variants")
+    @classmethod
+    def _once_each(cls, variants: list[str]) -> list[str]:
+        return list(dict.fromkeys(variants))
+
+
+class PredictSettings(Settings):
+    """A ``predict`` flow run: which file, which registered model version, where the predictions go."""
+
+    data: str = Field(
+        "data/readings.csv", description="CSV or Parquet of raw inputs (other columns are kept)"
+    )
+    model_name: Annotated[str, Field(min_length=1)] = Field("thermometer", description="registered model")
+    alias: Annotated[str, Field(min_length=1)] = Field("champion", description="which version")
+    output: str | None = Field(
+        None,
+        description="where to write (CSV or Parquet by suffix); default: next to data, .predictions suffix",
+    )
+    experiment: Annotated[str, Field(min_length=1)] = Field(
+        "thermometer-predictions", description="MLflow experiment for the batch's record"
+    )
