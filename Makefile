@@ -24,7 +24,7 @@ run: setup
 	$(PY) -m flows.run train $(ARGS)
 
 ## The whole suite: unit tests, task tests, flow tests, real-server and browser tests, and ruff.
-test: setup chromium
+test: setup chromium postgresql
 	$(PY) -m pytest
 
 ## Unit tests only (seconds).
@@ -50,7 +50,7 @@ clean-state:
 WORK_POOL ?= thermometer
 ENV       := $(PY) -m ops.env
 
-.PHONY: ui stop status deploy worker trigger serve serve-model predict upload chromium screenshots
+.PHONY: ui stop status deploy worker trigger serve serve-model predict upload chromium postgresql screenshots
 
 ## Start a Prefect server (127.0.0.1:4200) and an MLflow server (127.0.0.1:5000) in the background.
 ui: setup
@@ -102,6 +102,15 @@ upload: setup
 ## Debian's chromium, for the browser tests and screenshots (installed when missing).
 chromium:
 	@command -v chromium > /dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium > /dev/null; }
+
+## Debian's PostgreSQL server binaries, for the tests' throwaway cluster when nothing listens on 127.0.0.1:5432
+## (installed when initdb is missing; the system service is not started: a policy-rc.d forbids it meanwhile).
+postgresql:
+	@command -v initdb > /dev/null || ls /usr/lib/postgresql/*/bin/initdb > /dev/null 2>&1 || { \
+		policy=/usr/sbin/policy-rc.d; ours=; \
+		if [ ! -e $$policy ]; then printf '#!/bin/sh\nexit 101\n' > $$policy && chmod +x $$policy && ours=1; fi; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql > /dev/null; \
+		rc=$$?; if [ -n "$$ours" ]; then rm -f $$policy; fi; exit $$rc; }
 
 ## Screenshots of both UIs for the README (needs `make ui` and one completed deployment run).
 screenshots: setup chromium

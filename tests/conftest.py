@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,6 +18,8 @@ from ops import servers
 from tasks import environment
 
 from . import sockets
+
+from . import postgres
 
 SESSION_DIR = Path(tempfile.mkdtemp(prefix="thermo-tests-"))
 for var in (
@@ -42,6 +43,8 @@ environment.apply()
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data" / "thermometer.csv"
+# PostgreSQL for the tests that ask for it: the local server, else a throwaway cluster started on first use
+POSTGRES = postgres.SharedServer()
 
 
 def subprocess_env(state_dir: Path, **overrides: str) -> dict[str, str]:
@@ -92,6 +95,7 @@ def write(tmp_path):
 
 
 def pytest_sessionfinish(session, exitstatus):
+    POSTGRES.close()
     shutil.rmtree(SESSION_DIR, ignore_errors=True)
 
 
@@ -113,21 +117,17 @@ def mlflow_server():
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The admin URL of the session's PostgreSQL server: the local one, else a throwaway cluster (lazily)."""
+    return POSTGRES.get().url
+
+
 @contextmanager
 def postgres_database():
-    """A fresh database on the local PostgreSQL server, dropped afterwards."""
-    import psycopg
-
-    name = f"thermo_test_{uuid.uuid4().hex[:8]}"
-    admin = "postgresql://postgres@127.0.0.1:5432/postgres"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+    """A fresh database on the session's PostgreSQL server (see ``postgres_server``), dropped afterwards."""
+    with postgres.fresh_database(POSTGRES.get().url) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
