@@ -17,9 +17,7 @@ import pytest
 from ops import servers
 from tasks import environment
 
-from . import sockets
-
-from . import postgres
+from . import postgres, sockets
 
 SESSION_DIR = Path(tempfile.mkdtemp(prefix="thermo-tests-"))
 for var in (

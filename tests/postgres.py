@@ -36,7 +36,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ops.servers import LOOPBACK, free_port
+from .sockets import LOOPBACK, free_port
 
 DEFAULT_URL = f"postgresql://postgres@{LOOPBACK}:5432/postgres"
 OS_USER = "postgres"  # who runs a throwaway cluster when we are root

@@ -7,9 +7,7 @@ import socket
 import psycopg
 import pytest
 
-from ops import servers
-
-from . import postgres
+from . import postgres, sockets
 from .conftest import postgres_database
 
 pytestmark = pytest.mark.integration
@@ -18,7 +16,7 @@ pytestmark = pytest.mark.integration
 def accepts_connections(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(5)
-        return s.connect_ex((servers.LOOPBACK, port)) == 0
+        return s.connect_ex((sockets.LOOPBACK, port)) == 0
 
 
 def database_exists(admin_url: str, url: str) -> bool:
@@ -39,7 +37,7 @@ def write_and_read_a_row(url: str) -> None:
 def test_a_forced_throwaway_cluster_serves_a_fresh_database_and_is_gone_afterwards():
     with postgres.server({"PIPELINE_TEST_PG": "throwaway"}) as pg:
         assert pg.throwaway and pg.port != 5432
-        assert servers.listening_addresses(pg.port) == {"127.0.0.1"}  # loopback only, IPv4 only
+        assert sockets.listening_addresses(pg.port) == {"127.0.0.1"}  # loopback only, IPv4 only
         assert pg.directory.is_dir()
         with postgres.fresh_database(pg.url) as url:
             assert url.startswith(f"postgresql://postgres@127.0.0.1:{pg.port}/thermo_test_")
@@ -73,7 +71,7 @@ def test_the_local_server_is_used_when_it_answers():
 
 
 def test_an_explicit_url_that_does_not_answer_falls_back_to_a_throwaway_cluster():
-    dead = f"postgresql://postgres@127.0.0.1:{servers.free_port()}/postgres"
+    dead = f"postgresql://postgres@127.0.0.1:{sockets.free_port()}/postgres"
     with postgres.server({"PIPELINE_TEST_PG_URL": dead}) as pg:
         assert pg.throwaway
         assert postgres.answers(pg.url)

@@ -10,6 +10,8 @@ from mlflow import MlflowClient
 
 from flows.train import train
 
+from .faultproxy import FaultProxy
+
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_harness")]
 
 
@@ -86,21 +88,25 @@ def test_registration_can_be_skipped(mlflow_server, name):
 
 
 def test_two_runs_finishing_together_leave_the_better_one_champion(mlflow_server, name, monkeypatch):
-    # both runs read the champion inside a 3 s window: without the registry lock both would see "none",
-    # both would call themselves first, and the last to write would win
-    monkeypatch.setenv("PIPELINE_REGISTRY_HOLD_SECONDS", "3")
-    results = {}
+    # The tracking server takes 15 s to move an alias (a fault proxy in front of it delays the request), so the
+    # second run reads the champion while the first run's move is still on its way: without the registry lock
+    # both would see "no champion", both would call themselves first, and the last to write would win.
+    with FaultProxy(mlflow_server.tracking_uri) as proxy:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", proxy.url)
+        proxy.delay(15, path="/registered-models/alias", method="POST")
+        results = {}
 
-    def go(label, lr):
-        results[label] = run(name, epochs=2000, lr=lr, variants=["manual"]).result()["promotion"]
+        def go(label, lr):
+            results[label] = run(name, epochs=2000, lr=lr, variants=["manual"]).result()["promotion"]
 
-    threads = [
-        threading.Thread(target=go, args=(label, lr)) for label, lr in (("good", 1e-2), ("poor", 1e-3))
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
+        threads = [
+            threading.Thread(target=go, args=(label, lr)) for label, lr in (("good", 1e-2), ("poor", 1e-3))
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+        assert proxy.count("/registered-models/alias", "POST", forwarded=True) >= 1  # a delayed move happened
     good, poor = results["good"], results["poor"]
     assert good["challenger_mse"] < poor["challenger_mse"]
     assert sorted([good["decision"], poor["decision"]]) in (["first", "kept"], ["first", "promoted"])
