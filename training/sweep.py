@@ -602,7 +602,8 @@ def train_batch(
     Args:
         variant: ``manual``, ``autograd`` or ``optimizer``, as in ``loops.train``.
         x: training inputs (n, k), already normalised; y: targets (n,), same dtype.
-        lr: learning rates, (B,) (or one number when ``init`` is (B, k + 1)); each must be > 0.
+        lr: learning rates, (B,) (or one number when ``init`` is (B, k + 1)); each must be > 0. A list or a
+            float64 tensor keeps Python's floats exactly (a float32 tensor has already rounded them).
         epochs: number of updates, the same for the batch.
         init: starting ``[w..., b]``, (k + 1,) shared or (B, k + 1); cast to x's dtype, never modified.
         x_val: optional validation inputs (m, k); y_val: their targets (m,).
@@ -629,10 +630,9 @@ def train_batch(
         bad = int((~(lr64 > 0)).nonzero()[0])
         raise ConfigError(f"lr must be > 0, got {float(lr64[bad])} (configuration {bad})")
     k = x.shape[1]
-    init_rows = init.detach().to(device=dev, dtype=dtype)
-    init_rows = init_rows.expand(batch, k + 1) if init_rows.dim() == 1 else init_rows
-    if init_rows.shape != (batch, k + 1):
+    if tuple(init.shape) not in ((k + 1,), (batch, k + 1)):
         raise ConfigError(f"init has shape {tuple(init.shape)}; expected ({k + 1},) or ({batch}, {k + 1})")
+    init_rows = init.detach().to(device=dev, dtype=dtype).expand(batch, k + 1)
     marks = tuple(sorted(set(checkpoints))) if checkpoints is not None else default_checkpoints(epochs)
     if any(not 1 <= e <= epochs for e in marks):
         raise ConfigError(f"checkpoints must lie in 1..{epochs}, got {list(marks)}")
@@ -642,6 +642,8 @@ def train_batch(
     x_val = x_val.to(dev) if has_val else None
     y_val = y_val.to(dev) if has_val else None
     opt_name = optimizer if variant == "optimizer" else None
+    if variant == "optimizer":
+        _check_names(optimizer, list(options))
     if not is_batched(variant, optimizer, list(options)):
         return _train_each(
             variant, x, y, x_val, y_val, lr64, epochs, init_rows, optimizer, options, keep_curves, marks
@@ -827,23 +829,28 @@ def _train_each(
 ) -> BatchResult:
     """The fallback: each row through ``loops.train`` (optimizers or options not written as a batch)."""
     batch = len(lr64)
-    runs = []
-    for i in range(batch):
-        row_options = {name: _row_value(value, i) for name, value in options.items()}
-        runs.append(
-            train(
-                variant,
-                x,
-                y,
-                lr=float(lr64[i]),
-                epochs=epochs,
-                init=init_rows[i],
-                x_val=x_val,
-                y_val=y_val,
-                optimizer=optimizer,
-                optimizer_options=row_options,
-            )
+    rows = [{name: _row_value(value, i) for name, value in options.items()} for i in range(batch)]
+    if variant == "optimizer":
+        for i, row in enumerate(rows):  # refuse a bad row before any row trains
+            try:
+                make_optimizer(optimizer, [torch.zeros(1, requires_grad=True)], float(lr64[i]), row)
+            except ConfigError as exc:
+                raise ConfigError(f"{exc} (configuration {i})") from exc
+    runs = [
+        train(
+            variant,
+            x,
+            y,
+            lr=float(lr64[i]),
+            epochs=epochs,
+            init=init_rows[i],
+            x_val=x_val,
+            y_val=y_val,
+            optimizer=optimizer,
+            optimizer_options=row,
         )
+        for i, row in enumerate(rows)
+    ]
     return _from_runs(variant, optimizer, epochs, runs, keep_curves, marks, x.dtype, x.device)
 
 
