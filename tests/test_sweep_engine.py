@@ -363,6 +363,18 @@ def test_a_few_diverging_rows_are_masked_without_compaction_and_the_rest_are_una
         assert_row_matches(result, i, ref, torch.float32)
 
 
+@pytest.mark.parametrize("val", [False, True])
+def test_a_row_that_diverges_at_the_last_epoch_is_dropped_and_the_others_finish(val):
+    # lr 1e-2 on raw t_u diverges at epoch 11: with 11 epochs the batch shrinks at its very end
+    x, t, x_val, t_val = book(torch.float32, scale=1.0, val=val)
+    lrs = [1e-4, 1e-2, 1e-5]
+    result = train_batch("manual", x, t, lr=lrs, epochs=11, init=initial_params(1), x_val=x_val, y_val=t_val)
+    assert result.diverged_at.tolist() == [0, 11, 0]
+    for i, lr in enumerate(lrs):
+        ref = train("manual", x, t, lr=lr, epochs=11, init=initial_params(1), x_val=x_val, y_val=t_val)
+        assert_row_matches(result, i, ref, torch.float32)
+
+
 @pytest.mark.parametrize(
     ("optimizer", "options"),
     [

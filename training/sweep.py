@@ -114,7 +114,8 @@ def _check_names(optimizer: str, names: Sequence[str]) -> None:
             )
 
 
-# (option, lowest allowed, lowest included, highest excluded) as the torch.optim constructors check them
+# (option, lowest allowed value, first value above the allowed range or None) as torch.optim's constructors
+# check them
 _BOUNDS: dict[str, tuple[tuple[str, float, float | None], ...]] = {
     "SGD": (("momentum", 0.0, None), ("weight_decay", 0.0, None)),
     "Adam": (("eps", 0.0, None), ("beta1", 0.0, 1.0), ("beta2", 0.0, 1.0), ("weight_decay", 0.0, None)),
@@ -136,7 +137,10 @@ _BOUNDS["AdamW"] = _BOUNDS["Adam"]
 
 def _rows(value: Any, batch: int, name: str, device: torch.device) -> torch.Tensor:
     """A number or (B,) sequence as a (B,) float64 tensor: the Python floats the sequential loop would use."""
-    t = torch.as_tensor(value, dtype=torch.float64, device=device)
+    try:
+        t = torch.as_tensor(value, dtype=torch.float64, device=device)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ConfigError(f"{name} must be a number or a ({batch},) tensor, got {value!r}") from exc
     if t.dim() == 0:
         return t.expand(batch).clone()
     if t.shape != (batch,):
@@ -501,9 +505,8 @@ class BatchResult:
     @property
     def epochs_run(self) -> torch.Tensor:
         """(B,) epochs that computed a loss, as ``TrainResult.epochs_run``."""
-        return torch.where(
-            self.diverged_at > 0, self.diverged_at, torch.full_like(self.diverged_at, self.epochs)
-        )
+        stopped = self.diverged_at != CONVERGED
+        return torch.where(stopped, self.diverged_at, torch.full_like(self.diverged_at, self.epochs))
 
     def train_result(self, i: int, lr: float | None = None) -> TrainResult:
         """Row ``i`` as the ``TrainResult`` loops.train returns (needs ``keep_curves=True``)."""
@@ -737,7 +740,7 @@ class _Batch:
             train_curve = torch.full((epochs, self.batch), float("nan"), dtype=self.dtype, device=self.device)
             if self.y_val is not None:
                 val_curve = torch.full_like(train_curve, float("nan"))
-        val_loss = loss = None
+        val_loss = None
         for epoch in range(1, epochs + 1):
             if self.y_val is not None:
                 with torch.no_grad():
@@ -752,9 +755,10 @@ class _Batch:
                 self._store(self.ck_loss[mark], loss)
                 if val_loss is not None:
                     self._store(self.ck_val[mark], val_loss)
+            self.last_loss, self.last_val = loss, val_loss  # compacted with the rows
             if not self._check_divergence(epoch, loss, val_loss):
                 break
-        self._finish(loss, val_loss)
+        self._finish()
         return BatchResult(
             variant=self.variant,
             optimizer=self.optimizer,
@@ -801,16 +805,19 @@ class _Batch:
         self.rows.select(keep)
         if self.opt is not None:
             self.opt.select(keep)
+        self.last_loss = self.last_loss.index_select(0, keep)
+        if self.last_val is not None:
+            self.last_val = self.last_val.index_select(0, keep)
         self.alive = None
 
-    def _finish(self, loss: torch.Tensor, val_loss: torch.Tensor | None) -> None:
+    def _finish(self) -> None:
         """Final values of the rows still live (the stopped ones were recorded when they stopped)."""
         keep = self.live if self.alive is None else self.live[self.alive]
         pick = slice(None) if self.alive is None else self.alive
         self.final_params[keep] = self.params[pick]
-        self.final_loss[keep] = loss[pick]
-        if val_loss is not None:
-            self.final_val[keep] = val_loss[pick]
+        self.final_loss[keep] = self.last_loss[pick]
+        if self.last_val is not None:
+            self.final_val[keep] = self.last_val[pick]
 
 
 def _train_each(
