@@ -1,9 +1,9 @@
 """Sweep engine: thousands of linear-model configurations trained at once, as one batched tensor program.
 
-Every configuration gets exactly what ``training.loops.train`` would give it on its own (same curves, same
-final parameters, same stop), but B configurations of one variant share each tensor operation: the
-parameters are one ``(B, k + 1)`` tensor (a row is ``[w_1..w_k, b]``, the layout of ``training.loops``),
-and every per-configuration setting (learning rate, momentum, betas, ...) is a ``(B,)`` column.
+Every configuration gets what ``training.loops.train`` would give it on its own (same curves, same final
+parameters, same stop), but B configurations of one variant share each tensor operation: the parameters
+are one ``(B, k + 1)`` tensor (a row is ``[w_1..w_k, b]``, the layout of ``training.loops``), and every
+per-configuration setting (learning rate, momentum, betas, ...) is a ``(B,)`` column.
 
 Three levels, smallest first:
 
@@ -12,39 +12,54 @@ Three levels, smallest first:
     ``lr`` and each float option are a number (shared) or a ``(B,)`` tensor; boolean options (nesterov,
     amsgrad, centered, maximize, decoupled_weight_decay) are one value for the batch.
 
-``sweep(trials, x, y, x_val, y_val) -> SweepResult``
-    Any list of ``Trial`` values on one data set: grouped into batches (same variant, optimizer, epochs and
-    boolean options), each group trained in chunks of at most ``chunk_size`` configurations, results in
-    the original order.
+``sweep(trials, x, y, x_val=None, y_val=None, chunk_size=32768, keep_curves=False, device="cpu")``
+    Any list of ``Trial`` values (frozen, hashable: variant, lr, epochs, optimizer, optimizer_options,
+    init_weight, init_bias) on one data set, returning a ``SweepResult`` of (T,) tensors in the order of
+    the trials: final_loss, final_val_loss, train_mse, val_mse, objective, diverged_at, epochs_run,
+    params (T, k + 1), checkpoint losses (T, C) and, with keep_curves, each trial's curves. Trials are
+    grouped into batches (same variant, optimizer, epochs and boolean options; missing float options take
+    torch's defaults), each group trained in chunks of at most ``chunk_size`` configurations.
 
-``run_sweep(trials_by_data, prepare) -> dict[key, SweepResult]``
+``run_sweep(trials_by_data, prepare, ...) -> dict[key, SweepResult]``
     Several data sets (normalisations, feature sets, splits): ``trials_by_data`` maps a key the caller
     chooses (any hashable) to its trials, and ``prepare(key)`` returns that data set's tensors
-    ``(x, y, x_val, y_val)`` (``x_val``/``y_val`` may be None). Each data set is prepared once, trained,
-    and released before the next.
+    ``(x, y, x_val, y_val)`` (``x_val``/``y_val`` may be None). Every trial is checked first
+    (``check_trials``); then each data set is prepared once, swept, and released before the next.
 
-Semantics, identical to ``training.loops.train`` configuration by configuration:
+Semantics, those of ``training.loops.train`` configuration by configuration:
 
 - The loss of epoch N (train and validation) is computed before the Nth update, as in the book.
 - A configuration whose training loss is non-finite at epoch N has diverged: epoch N's update is still
   applied (as in loops.train, whose step updates before the loop checks), then the configuration is frozen.
-  ``diverged_at`` holds N (1-based); ``0`` means every epoch ran (completed). Its curves end with the
-  non-finite value; the padded curve tensors hold NaN after ``epochs_run``.
-- Diverged rows are masked at once (host check every epoch) and removed from the batch (every tensor
-  gathered down to the live rows) when they are at least a sixteenth of it, so they stop costing work.
+  ``diverged_at`` holds N (1-based); ``CONVERGED`` (0) means every epoch ran. Its curves end with the
+  non-finite value; the padded curve tensors hold NaN after ``epochs_run``, and so do checkpoints.
+- Diverged rows are masked at once (one host check per epoch) and removed from the batch (every tensor
+  gathered down to the live rows) when they are at least a sixteenth of it, so they stop costing work;
+  a batch whose rows have all diverged stops.
 - ``keep_curves=False`` keeps O(B) memory: final parameters, final train and validation loss, the
-  divergence epoch, and the loss at the checkpoint epochs (default 1, 10, 100, 1000, ... up to the last
-  epoch, and the last epoch itself).
+  divergence epoch, and the loss at the checkpoint epochs (``default_checkpoints``: 1, 10, 100, 1000, ...
+  below the last epoch, and the last epoch).
+- ``final_loss`` is the last curve entry (before the last update), as loops.train reports it;
+  ``train_mse``/``val_mse`` are the MSE of the final parameters in float64, as
+  ``training.evaluation.evaluate`` computes them; ``objective`` is val_mse when there are validation rows,
+  else train_mse, and ``inf`` for a diverged trial (so the smallest objective is never a diverged one).
 
-Optimizers written here as batched tensor maths (the operation order of ``torch.optim``'s single-tensor
-CPU code, so rows match a sequential run bit for bit in practice): ``BATCHED_OPTIMIZERS``. Any other
-``torch.optim`` class, or an option those classes take that this module does not model (``foreach``,
-``fused``, ``capturable``, ``differentiable``), runs configuration by configuration through
-``training.loops.train`` itself: slower, still exact, and failing with its ``ConfigError`` where it fails.
+Optimizers written here as batched tensor maths, in the operation order of ``torch.optim``'s
+single-tensor code (the path loops.train takes on a CPU): ``BATCHED_OPTIMIZERS``. Any other ``torch.optim``
+class, or an option those classes take that this module does not model (``foreach``, ``fused``,
+``capturable``, ``differentiable``), runs configuration by configuration through ``training.loops.train``
+itself: slower, still exact, and failing with its ``ConfigError`` where it fails.
+
+How exact: with one feature, rows matched their sequential runs bit for bit on the CPU (float32 and
+float64, every optimizer, converging and diverging). With several features, the batch's matrix product
+and loops' matrix-vector product (both BLAS) can round differently in the last bit; Adam, RMSprop or
+Adagrad in float32 can amplify that past 1e-5 relative within tens of epochs. On CUDA, loops.train's
+optimizers take torch.optim's foreach path, whose kernels round slightly differently from the CPU's.
 
 dtype follows the inputs (float32 as in the project, float64 supported); the device is where ``x`` lives,
 or the ``device`` argument ("cpu", "cuda", "auto"). The module never sets the torch thread count: on a
-shared 2-core machine, ``torch.set_num_threads(1)`` is often faster for batched ops; the caller chooses.
+shared 2-core machine ``torch.set_num_threads(1)`` made the batched ops several times faster; the caller
+chooses.
 """
 
 from __future__ import annotations
@@ -157,7 +172,7 @@ def _batch_options(
     merged = {**defaults, **options}
     flags: dict[str, bool] = {}
     for name in _FLAGS[optimizer]:
-        value = merged.pop(name)
+        value = merged.pop(name, False)  # False: an older torch without this flag
         if isinstance(value, torch.Tensor):
             values = value.unique().tolist()
             if len(values) != 1:
@@ -1013,7 +1028,7 @@ def _group_key(trial: Trial) -> tuple:
     if not is_batched("optimizer", trial.optimizer, list(options)):
         return ("optimizer", trial.optimizer, trial.epochs, "one by one")
     defaults = optimizer_option_defaults(trial.optimizer)
-    flags = tuple((f, bool(options.get(f, defaults[f]))) for f in _FLAGS[trial.optimizer])
+    flags = tuple((f, bool(options.get(f, defaults.get(f, False)))) for f in _FLAGS[trial.optimizer])
     return ("optimizer", trial.optimizer, trial.epochs, flags)
 
 
@@ -1066,7 +1081,7 @@ def _group_options(trials: Sequence[Trial], index: Sequence[int]) -> dict[str, A
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"{optimizer} option {name!r} must be a number: {exc}") from exc
     for flag in _FLAGS[optimizer]:
-        columns[flag] = bool(trials[0].options.get(flag, defaults[flag]))
+        columns[flag] = bool(trials[0].options.get(flag, defaults.get(flag, False)))
     try:
         _batch_options(optimizer, columns, len(trials), torch.device("cpu"))
     except ConfigError as exc:
