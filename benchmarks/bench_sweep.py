@@ -177,7 +177,7 @@ def big(args: argparse.Namespace) -> None:
     rate = configs * epochs / report["seconds"]
     print(
         f"== {configs} configurations x {epochs} epochs, no curves, sweep() on {args.device}, "
-        f"{threads} thread(s), chunks of 32768: {report['seconds']:.1f} s, {rate:.4g} config-epochs/s, "
+        f"{threads} thread(s), default chunks: {report['seconds']:.1f} s, {rate:.4g} config-epochs/s, "
         f"peak RSS {report['peak_rss_bytes'] / 2**20:.0f} MiB"
         + (
             f", peak GPU memory {report['peak_gpu_bytes'] / 2**20:.0f} MiB"

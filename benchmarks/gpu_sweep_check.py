@@ -328,7 +328,7 @@ def high_level(device: torch.device, quick: bool) -> None:
     result, seconds = timed(device, lambda: sweep(trials, x[:9], t[:9], x[9:], t[9:], device=device))
     best = result.best(1)[0]
     print(
-        f"== (d) sweep() of {configs} Trials x {epochs} epochs on {device}, chunks of 32768: "
+        f"== (d) sweep() of {configs} Trials x {epochs} epochs on {device}, default chunks: "
         f"{seconds:.2f} s; "
         f"{int((result.diverged_at > 0).sum())} diverged; best lr {trials[best].lr:.4g} "
         f"val MSE {float(result.objective[best]):.4f}"

@@ -12,7 +12,7 @@ Three levels, smallest first:
     ``lr`` and each float option are a number (shared) or a ``(B,)`` tensor; boolean options (nesterov,
     amsgrad, centered, maximize, decoupled_weight_decay) are one value for the batch.
 
-``sweep(trials, x, y, x_val=None, y_val=None, chunk_size=32768, keep_curves=False, device="cpu")``
+``sweep(trials, x, y, x_val=None, y_val=None, chunk_size=None, keep_curves=False, device="cpu")``
     Any list of ``Trial`` values (frozen, hashable: variant, lr, epochs, optimizer, optimizer_options,
     init_weight, init_bias) on one data set, returning a ``SweepResult`` of (T,) tensors in the order of
     the trials: final_loss, final_val_loss, train_mse, val_mse, objective, diverged_at, epochs_run,
@@ -1109,6 +1109,15 @@ def _slice_options(columns: Mapping[str, Any], start: int, stop: int) -> dict[st
     return {k: v[start:stop] if isinstance(v, torch.Tensor) else v for k, v in columns.items()}
 
 
+def default_chunk_size(device: str | torch.device) -> int:
+    """Configurations per batch when the caller gives none: 16,384 on a CPU, 1,048,576 on a GPU.
+
+    On a 2-core CPU, 8k-16k rows per batch ran fastest per configuration (larger batches fall out of the
+    cache); a GPU needs about a million rows to be busy.
+    """
+    return 16_384 if torch.device(device).type == "cpu" else 1 << 20
+
+
 def _final_mse(params: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """(B,) float64 MSE of each row's final parameters, as ``regression_metrics(y, predict(x64, p64))``."""
     design = design_matrix(x.to(torch.float64))
@@ -1123,7 +1132,7 @@ def sweep(
     x_val: torch.Tensor | None = None,
     y_val: torch.Tensor | None = None,
     *,
-    chunk_size: int = 32768,
+    chunk_size: int | None = None,
     keep_curves: bool = False,
     device: str | torch.device = "cpu",
 ) -> SweepResult:
@@ -1137,7 +1146,7 @@ def sweep(
         trials: the configurations.
         x, y: training inputs (n, k) and targets (n,), normalised; their dtype is the training dtype.
         x_val, y_val: optional validation split (None or empty: objective = training MSE).
-        chunk_size: most configurations trained at once.
+        chunk_size: most configurations trained at once; None: ``default_chunk_size(device)``.
         keep_curves: keep every epoch's losses per trial (``train_curves``/``val_curves``).
         device: "cpu", "cuda" or "auto".
 
@@ -1145,11 +1154,12 @@ def sweep(
         ConfigError: for any trial that cannot train (checked before training starts).
     """
     trials = tuple(trials)
-    if chunk_size < 1:
-        raise ConfigError(f"chunk_size must be >= 1, got {chunk_size}")
     check_trials(trials)
     _check_data(x, y, x_val, y_val)
     dev = _resolve_device(device, x)
+    chunk_size = default_chunk_size(dev) if chunk_size is None else chunk_size
+    if chunk_size < 1:
+        raise ConfigError(f"chunk_size must be >= 1, got {chunk_size}")
     x, y = x.to(dev), y.to(dev)
     has_val = x_val is not None and y_val is not None and len(y_val) > 0
     x_val, y_val = (x_val.to(dev), y_val.to(dev)) if has_val else (None, None)
@@ -1262,7 +1272,7 @@ def run_sweep(
     trials_by_data: Mapping[Hashable, Sequence[Trial]],
     prepare: Callable[[Hashable], Prepared],
     *,
-    chunk_size: int = 32768,
+    chunk_size: int | None = None,
     keep_curves: bool = False,
     device: str | torch.device = "cpu",
 ) -> dict[Hashable, SweepResult]:
