@@ -88,8 +88,8 @@ def test_registration_can_be_skipped(mlflow_server, name):
 
 
 def test_two_runs_finishing_together_leave_the_better_one_champion(mlflow_server, name, monkeypatch):
-    # The tracking server takes 15 s to move an alias (a fault proxy in front of it delays the request), so the
-    # second run reads the champion while the first run's move is still on its way: without the registry lock
+    # The tracking server takes 15 s to move an alias (a fault proxy in front of it delays the request), so
+    # the second run reads the champion while the first run's move is on its way: without the registry lock
     # both would see "no champion", both would call themselves first, and the last to write would win.
     with FaultProxy(mlflow_server.tracking_uri) as proxy:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", proxy.url)
