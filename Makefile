@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: setup run test test-fast lint format bench clean-state
+.PHONY: setup run sweep test test-fast lint format bench clean-state
 
 setup: $(STAMP)
 
@@ -37,13 +37,17 @@ lint: setup
 format: setup
 	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
 
+## A sweep: make sweep ARGS='space={"lr": {"low": 1e-5, "high": 1, "log": true, "num": 41}}' (make sweep ARGS=--help)
+sweep: setup
+	$(PY) -m flows.run sweep $(ARGS)
+
 ## Training loops and the whole flow against ../shared/baseline/seed_loops.py, as ratios.
 bench: setup
 	$(PY) benchmarks/bench_training.py
 
 ## Delete local runtime state (Prefect home, MLflow database and artifacts).
 clean-state:
-	rm -rf .prefect mlflow.db mlartifacts mlruns spool
+	rm -rf .prefect mlflow.db mlartifacts mlruns spool optuna.db
 
 # ---- servers, deployments, workers (see README: "Local servers" and "Scheduling") ----------------------------
 

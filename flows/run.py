@@ -16,11 +16,12 @@ from contextlib import nullcontext
 from flows.parameters import help_text, parse_args
 from tasks import environment
 from training.errors import ConfigError
-from training.settings import PredictSettings, Settings, TrainSettings
+from training.settings import PredictSettings, Settings, SweepSettings, TrainSettings
 
 FLOWS: dict[str, tuple[str, type[Settings]]] = {
     "train": ("flows.train:train", TrainSettings),
     "predict": ("flows.predict:predict", PredictSettings),
+    "sweep": ("flows.sweep:sweep", SweepSettings),
 }
 USAGE = f"usage: python -m flows.run {{{','.join(FLOWS)}}} [--help] [--dry-run] [key=value ...]"
 

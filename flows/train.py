@@ -56,8 +56,9 @@ def train(settings: TrainSettings) -> dict[str, Any]:
         promotion = None
         if settings.model_name and any(t.converged for t in trained):
             # last, so that a run failing in any step before never registers a model or moves the alias
+            candidates = [(t, r) for t in trained for r in records if r.variant == t.variant]
             promotion = register_model(
-                settings.model_name, settings.max_val_rmse, trained, records, loaded, prepared
+                settings.model_name, settings.max_val_rmse, candidates, loaded, prepared
             )
             report_promotion(promotion, run.parent_run_id)
     except BaseException as exc:

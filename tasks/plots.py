@@ -81,3 +81,34 @@ def fit_plot(predictor: LinearPredictor, train_frame, val_frame, title: str = ""
     ax.grid(True, alpha=0.3)
     ax.legend()
     return fig
+
+
+def lr_map(table, base_lr: float) -> Figure:
+    """A sweep's map: the objective against the learning rate, one line per optimizer, normalisation and
+    variant swept; a diverged trial is an ``x`` on the top edge, at its learning rate."""
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    ax = fig.add_subplot()
+    lr = table["lr"].astype(float) if "lr" in table else np.full(len(table), base_lr)
+    groups = [c for c in ("optimizer", "normalize", "variant") if c in table and table[c].nunique() > 1]
+    finite = np.isfinite(table["objective"].astype(float).to_numpy())
+    top = float(table["objective"][finite].max()) * 3 if finite.any() else 1.0
+    keys = table[groups].astype(str).agg(" / ".join, axis=1) if groups else np.full(len(table), "trials")
+    for (key, rows), style in zip(
+        table.assign(_lr=lr, _key=keys).groupby("_key", sort=True), _STYLES, strict=False
+    ):
+        ok = rows[np.isfinite(rows["objective"].astype(float))].sort_values("_lr")
+        line = ax.plot(ok["_lr"], ok["objective"], style, label=key, markersize=4)[0]
+        bad = rows[~np.isfinite(rows["objective"].astype(float))]
+        if len(bad):
+            ax.plot(bad["_lr"], np.full(len(bad), top), "x", color=line.get_color(), label=f"{key}: diverged")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("objective: validation MSE (training MSE without a split)")
+    ax.set_title("Where training converges: objective by learning rate (x: diverged)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="small")
+    return fig
+
+
+_STYLES = ("o-", "s--", "^-.", "v:", "D-", "P--", "*-.", "X:")

@@ -15,7 +15,7 @@ from tasks import plots, spool, tracking
 from training.data import Prepared
 from training.runs import Trained
 from training.serving import LinearPredictor
-from training.settings import TrainSettings
+from training.settings import TrainingConfig
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class RecordingFailed(RuntimeError):
 
 
 def build_payload(
-    trained: Trained, prepared: Prepared, settings: TrainSettings, tags: dict[str, str]
+    trained: Trained, prepared: Prepared, settings: TrainingConfig, tags: dict[str, str]
 ) -> spool.VariantPayload:
     """Everything the child run of one variant will hold, as plain data."""
     r, ev = trained.result, trained.evaluation
@@ -77,7 +77,11 @@ def _coefficients(predictor: LinearPredictor) -> dict[str, float]:
 
 
 def record_variant(
-    payload: spool.VariantPayload, experiment_id: str, parent_run_id: str, folder: str | None = None
+    payload: spool.VariantPayload,
+    experiment_id: str,
+    parent_run_id: str,
+    folder: str | None = None,
+    name: str | None = None,
 ) -> VariantRecord:
     """Record one variant as a child run: curves, metrics, plots and, if it converged, the model.
 
@@ -91,7 +95,7 @@ def record_variant(
         )
     run_id = tracking.start_run(
         experiment_id,
-        p.variant,
+        name or p.variant,
         p.tags,
         p.run_params,
         parent_run_id=parent_run_id,

@@ -87,11 +87,10 @@ def _refusal(
     return None
 
 
-def _register(model_name: str, best: Trained, records: list[VariantRecord], loaded: LoadedData) -> str:
-    """Register the best variant's logged model as a new version, tagged with its metrics and lineage."""
+def _register(model_name: str, best: Trained, record: VariantRecord, loaded: LoadedData) -> str:
+    """Register the best model's logged model as a new version, tagged with its metrics and lineage."""
     metrics = {k: f"{v:.10g}" for k, v in best.evaluation.metrics().items() if math.isfinite(v)}
     tags = {"variant": best.variant, **metrics, **prefect_tags(), "data_hash": loaded.digest}
-    record = next(r for r in records if r.variant == best.variant)
     return tracking.register_version(model_name, record.model_uri, record.run_id, tags)
 
 
@@ -140,15 +139,16 @@ def _promote(model_name: str, version: str, variant: str, prepared: Prepared) ->
 def register_model(
     model_name: str,
     max_val_rmse: float | None,
-    trained: list[Trained],
-    records: list[VariantRecord],
+    candidates: list[tuple[Trained, VariantRecord]],
     loaded: LoadedData,
     prepared: Prepared,
 ) -> Promotion:
-    """Register the best converged variant and move the champion alias only if it beats the incumbent."""
+    """Register the best converged candidate and move the champion alias only if it beats the incumbent."""
     logger = get_run_logger()
-    evaluated = {t.variant: t for t in trained if t.evaluation is not None}
-    best = evaluated[decisions.best({v: t.evaluation.scored["mse"] for v, t in evaluated.items()})]
+    evaluated = {record.run_id: (t, record) for t, record in candidates if t.evaluation is not None}
+    best, record = evaluated[
+        decisions.best({k: t.evaluation.scored["mse"] for k, (t, _) in evaluated.items()})
+    ]
     scored = best.evaluation.scored
     features = list(prepared.normalizer.features)
     _, which = _scoring_rows(prepared)
@@ -156,7 +156,7 @@ def register_model(
         message, incumbent = refused
         logger.warning(message)
         return Promotion(model_name, None, best.variant, "blocked", scored["mse"], None, incumbent, message)
-    version = _register(model_name, best, records, loaded)
+    version = _register(model_name, best, record, loaded)
     promotion = _promote(model_name, version, best.variant, prepared)
     logger.info(promotion.message)
     return promotion

@@ -176,6 +176,11 @@ def log_figure(run_id: str, figure: Figure, filename: str) -> None:
     client().log_figure(run_id, figure, filename)
 
 
+def log_artifact(run_id: str, path: Path | str) -> None:
+    """Upload a local file as an artifact of the run."""
+    client().log_artifact(run_id, str(path))
+
+
 def log_dict(run_id: str, data: Mapping[str, Any], filename: str) -> None:
     """Save a JSON artifact on the run."""
     client().log_dict(run_id, dict(data), filename)

@@ -14,10 +14,14 @@ from pydantic_core import to_jsonable_python
 
 from flows.parameters import markdown_table, parse_args, signature
 from training.errors import ConfigError
-from training.settings import PredictSettings, TrainSettings
+from training.settings import PredictSettings, SweepSettings, TrainSettings
 
 REPO = Path(__file__).resolve().parents[1]
-MODELS = {"flows/train.py:train": TrainSettings, "flows/predict.py:predict": PredictSettings}
+MODELS = {
+    "flows/train.py:train": TrainSettings,
+    "flows/predict.py:predict": PredictSettings,
+    "flows/sweep.py:sweep": SweepSettings,
+}
 
 
 @pytest.mark.parametrize(
@@ -130,7 +134,7 @@ def test_prefect_yaml_deployments_hold_valid_settings_that_differ_from_the_defau
 
 def test_the_readme_table_is_the_settings_model():
     readme = (REPO / "README.md").read_text()
-    for model in (TrainSettings, PredictSettings):
+    for model in (TrainSettings, PredictSettings, SweepSettings):
         assert markdown_table(model) in readme, (
             f"the README's table of {model.__name__} is stale; paste flows.parameters.markdown_table's output"
         )

@@ -122,27 +122,92 @@ class TrainingConfig(Settings):
         return {**params, "init_weight": init["weight"], "init_bias": init["bias"]}
 
 
+Experiment = Annotated[str, Field(min_length=1, description="MLflow experiment")]
+ModelName = Annotated[
+    Annotated[str, Field(min_length=1)] | None,
+    Field(description="registered model that the best model is registered under; null skips registration"),
+]
+MaxValRmse = Annotated[
+    Annotated[float, Field(gt=0)] | None,
+    Field(
+        description="quality gate: a best model with a larger validation RMSE (training RMSE without a "
+        "split) is not registered"
+    ),
+]
+
+
 class TrainSettings(TrainingConfig):
     """A ``train`` flow run: one training configuration, the variants to train, where to record them."""
 
     variants: Annotated[list[VariantName], Field(min_length=1)] = Field(
         list(VARIANTS), description="any of manual, autograd, optimizer"
     )
-    experiment: Annotated[str, Field(min_length=1)] = Field("thermometer", description="MLflow experiment")
-    model_name: Annotated[str, Field(min_length=1)] | None = Field(
-        "thermometer",
-        description="registered model that the best variant is registered under; null skips registration",
-    )
-    max_val_rmse: Annotated[float, Field(gt=0)] | None = Field(
-        None,
-        description="quality gate: a best variant with a larger validation RMSE (training RMSE without a "
-        "split) is not registered",
-    )
+    experiment: Experiment = "thermometer"
+    model_name: ModelName = "thermometer"
+    max_val_rmse: MaxValRmse = None
 
     @field_validator("variants")
     @classmethod
     def _once_each(cls, variants: list[str]) -> list[str]:
         return list(dict.fromkeys(variants))
+
+
+# the chapter's study: where does the learning rate diverge, with and without normalisation, SGD against Adam
+LR_MAP = {
+    "lr": {"low": 1e-5, "high": 1.0, "log": True, "num": 21},
+    "normalize": ["none", "scale"],
+    "optimizer": ["SGD", "Adam"],
+}
+
+
+class SweepSettings(TrainingConfig):
+    """A ``sweep`` flow run: a base configuration, a search space over its settings, how to search and run."""
+
+    variant: VariantName = Field(
+        "optimizer", description="the variant every trial trains (or sweep it in space)"
+    )
+    space: dict[str, Any] = Field(
+        LR_MAP,
+        description='setting -> list of values, or {"low": x, "high": y, "log": true, "num": n} (num: a grid '
+        'over the range); optimizer options as "optimizer_options.<name>"',
+    )
+    strategy: Literal["grid", "random", "optuna"] = Field(
+        "grid", description="grid: every combination; random: trials points at random; optuna: TPE in batches"
+    )
+    trials: Annotated[int, Field(ge=1)] = Field(64, description="how many points random and optuna try")
+    top_k: Annotated[int, Field(ge=0)] = Field(
+        5, description="the best trials recorded as full MLflow child runs"
+    )
+    device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="where the batched training runs")
+    threads: Annotated[int, Field(ge=1)] = Field(
+        1,
+        description="torch threads for training on a CPU; 1 is fastest for these small batches on a busy "
+        "machine (benchmarks/bench_sweep.py), more can pay on an idle many-core one",
+    )
+    executor: Literal["local", "dask"] = Field(
+        "local", description="local: in the flow's process; dask: chunks as Prefect tasks on a Dask cluster"
+    )
+    dask_address: str | None = Field(
+        None,
+        description="an existing Dask scheduler (tcp://host:8786); null starts a local cluster of processes",
+    )
+    chunk_size: Annotated[int, Field(ge=1)] | None = Field(
+        None,
+        description="most configurations trained at once (memory bound); null: 16384 on a CPU, 1M on a GPU",
+    )
+    study_name: str | None = Field(
+        None, description="optuna: the study to create or resume (null: a new study named after the flow run)"
+    )
+    study_storage: str | None = Field(
+        None, description="optuna: a database URL for studies (null: SQLite optuna.db in the state directory)"
+    )
+    experiment: Experiment = "thermometer-sweep"
+    model_name: ModelName = "thermometer"
+    max_val_rmse: MaxValRmse = None
+
+    def base(self) -> TrainingConfig:
+        """The base configuration every trial starts from."""
+        return TrainingConfig.parse(self.model_dump(include=set(TrainingConfig.model_fields)))
 
 
 class PredictSettings(Settings):

@@ -56,9 +56,9 @@ class Axis:
             raise ConfigError(f"space[{self.key!r}]: a range needs 'num' for a grid (or use strategy=random)")
         if self.num == 1:
             return (self._cast(self.low),)
-        if self.log:
-            a, b = math.log(self.low), math.log(self.high)
-            points = [math.exp(a + (b - a) * i / (self.num - 1)) for i in range(self.num)]
+        if self.log:  # powers of ten, so that a decade's grid holds 1e-3, not 0.0010000000000000002
+            a, b = math.log10(self.low), math.log10(self.high)
+            points = [10 ** (a + (b - a) * i / (self.num - 1)) for i in range(self.num)]
         else:
             points = [self.low + (self.high - self.low) * i / (self.num - 1) for i in range(self.num)]
         points[0], points[-1] = self.low, self.high  # exact ends, whatever the rounding
