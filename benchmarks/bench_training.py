@@ -1,20 +1,26 @@
-"""Benchmark: the pipeline against ../shared/baseline/seed_loops.py, the book's plain loops.
+"""Benchmark: the pipeline against ../shared/baseline/seed_loops.py, the book's plain loops, as ratios.
 
-1. Loops: the library's three variants (recording a loss per epoch) against the baseline's three loops,
-   5000 epochs on 0.1 * t_u, lr 1e-2, repeated; the ratio is library / baseline (below 1 is faster).
-2. Whole flow: ``python -m flows.run train`` (default configuration, embedded Prefect and MLflow, fresh
-   and then warm state) against one run of the baseline script; the overhead is split into phases read
-   off the flow's own log timestamps.
+Loops: the library's three variants (recording a loss per epoch) against the baseline's three loops, 5000
+epochs, in this process, interleaved. Then the whole flow (``python -m flows.run train``, a process each, as a
+user runs it) against the baseline script (a process each), alternating, median of ``--pairs``:
+1. the default flow against a running Prefect server and MLflow server (target <= 2.0x);
+2. the default flow with embedded defaults, warm (target <= 3.5x), with its phases from the flow's log;
+3. 50,000 epochs of all three variants against the servers, against ``seed_loops.py 50000`` (target <= 1.5x);
+4. data size: the same flow on 10,000 and 1,000,000 rows (10 features, 50 epochs), wall time and peak memory
+   (target: at most 2x the time, at most 1.5 GiB); ``--rows 10000 1000000 10000000`` adds ten million;
+5. ``--profile``: py-spy's largest items of one embedded run.
 
-Usage: ``make bench`` or ``.venv/bin/python benchmarks/bench_training.py [--repeats 5] [--skip-flow]``.
+Usage: ``make bench``, or ``.venv/bin/python benchmarks/bench_training.py --pairs 3 --profile``.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import os
 import re
+import socket
 import statistics
 import subprocess
 import sys
@@ -122,27 +128,125 @@ def flow_phases(log: str) -> dict[str, float]:
     return {name: marks[b] - marks[a] for name, a, b in spans if a in marks and b in marks}
 
 
-def run_flow(env: dict[str, str]) -> tuple[float, str]:
-    t0 = time.perf_counter()
+def run(cmd: list[str], env: dict[str, str] | None = None, cwd: Path = REPO) -> tuple[float, int, str]:
+    """Wall seconds, peak memory (KiB, /usr/bin/time) and output of one command; it must succeed."""
     out = subprocess.run(
-        [sys.executable, "-m", "flows.run", "train"], cwd=REPO, env=env, capture_output=True, text=True
+        ["/usr/bin/time", "-f", "@@ %e %M", *cmd], cwd=cwd, env=env, capture_output=True, text=True
     )
-    seconds = time.perf_counter() - t0
     if out.returncode != 0:
-        raise SystemExit(f"flow failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    return seconds, out.stdout + out.stderr
+        raise SystemExit(f"{' '.join(cmd[:4])} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    seconds, peak = out.stderr.rsplit("@@ ", 1)[1].split()
+    return float(seconds), int(peak), out.stdout + out.stderr
 
 
-def import_seconds(module: str) -> float:
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", f"import {module}"], cwd=REPO, check=True)
-    return time.perf_counter() - t0
+def flow_cmd(*params: str) -> list[str]:
+    return [sys.executable, "-m", "flows.run", "train", "model_name=null", *params]
+
+
+def versus(label: str, flow: list[str], env: dict[str, str], baseline: list[str], pairs: int) -> str:
+    """Alternate the baseline script and the flow ``pairs`` times; print the medians and the ratio."""
+    base, mine, log = [], [], ""
+    for _ in range(pairs):
+        base.append(run(baseline)[0])
+        seconds, _, log = run(flow, env)
+        mine.append(seconds)
+    b, m = statistics.median(base), statistics.median(mine)
+    print(f"{label}: flow {m:.2f} s, baseline {b:.2f} s: {m / b:.2f}x (median of {pairs} alternating pairs)")
+    return log
+
+
+def env_for(state: str, **extra: str) -> dict[str, str]:
+    """A pipeline subprocess's environment: its own state directory, no server found by accident."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "PIPELINE_"))}
+    return env | {"PIPELINE_STATE_DIR": state, "PIPELINE_DETECT_SERVERS": "false", **extra}
+
+
+@contextlib.contextmanager
+def local_servers(tmp: Path):
+    """A real Prefect server and a real MLflow server on free loopback ports, stopped afterwards."""
+    from ops import servers
+
+    ports = []
+    for _ in range(2):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+    api, mlflow = f"http://127.0.0.1:{ports[0]}/api", f"http://127.0.0.1:{ports[1]}"
+    prefect = servers.prefect_command("127.0.0.1", ports[0])
+    tracking = servers.mlflow_command("127.0.0.1", ports[1], f"sqlite:///{tmp}/mlflow.db", tmp / "artifacts")
+    with (
+        servers.running(
+            prefect, servers.prefect_env(tmp / "prefect", api), tmp / "prefect.log", f"{api}/health"
+        ),
+        servers.running(tracking, servers.mlflow_env(), tmp / "mlflow.log", f"{mlflow}/health"),
+    ):
+        yield api, mlflow
+
+
+def table_file(path: Path, rows: int, features: int = 10, seed: int = 0) -> list[str]:
+    """A CSV of ``rows`` rows: ``features`` normal columns and ``y``, a noisy linear function of them."""
+    import numpy as np
+    import pandas as pd
+
+    g = np.random.default_rng(seed)
+    x = g.normal(size=(rows, features))
+    names = [f"x{i}" for i in range(features)]
+    frame = pd.DataFrame(x, columns=names)
+    frame["y"] = x @ g.normal(size=features) + 0.1 * g.normal(size=rows)
+    frame.to_csv(path, index=False)
+    return names
+
+
+def data_size(tmp: Path, sizes: list[int]) -> None:
+    """The same flow on tables of growing size: wall time and peak memory."""
+    results = {}
+    for rows in sizes:
+        path = tmp / f"rows{rows}.csv"
+        names = table_file(path, rows)
+        state = tmp / f"state{rows}"
+        params = [f"data={path}", f"features={','.join(names)}", "target=y", "normalize=zscore", "epochs=50"]
+        run(flow_cmd("epochs=1"), env_for(str(state)))  # warm: the stores exist
+        seconds, peak, _ = run(flow_cmd(*params), env_for(str(state)))
+        results[rows] = (seconds, peak)
+        size = path.stat().st_size / 1e6
+        print(f"  {rows:>10,} rows ({size:6.1f} MB): {seconds:6.1f} s, peak {peak / 2**20:.2f} GiB")
+    small, large = min(results), max(results)
+    ratio = results[large][0] / results[small][0]
+    print(f"  {large:,} rows take {ratio:.2f}x the time of {small:,} (target <= 2x)")
+
+
+def profile_top(env: dict[str, str], limit: int = 15) -> None:
+    """Where one embedded run spends its time: py-spy's samples, the pipeline's largest inclusive items."""
+    spy = Path(sys.executable).with_name("py-spy")
+    if not spy.exists():
+        print("  (py-spy is not installed: pip install py-spy)")
+        return
+    with tempfile.NamedTemporaryFile(suffix=".txt") as raw:
+        subprocess.run(
+            [str(spy), "record", "-r", "100", "-f", "raw", "-o", raw.name, "--", *flow_cmd()],
+            cwd=REPO, env=env, capture_output=True, check=True,
+        )  # fmt: skip
+        counts: dict[str, int] = {}
+        total = 0
+        for line in Path(raw.name).read_text().splitlines():
+            stack, _, n = line.rpartition(" ")
+            total += int(n)
+            for frame in set(stack.split(";")):
+                if re.search(
+                    r"\((training|tasks|flows)/|savefig|log_model|Model.log|import_module|SGD.__init__", frame
+                ):
+                    counts[frame] = counts.get(frame, 0) + int(n)
+    for frame, n in sorted(counts.items(), key=lambda kv: -kv[1])[:limit]:
+        print(f"  {n / total * 100:5.1f}%  {frame[:100]}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--skip-flow", action="store_true")
+    parser.add_argument("--rows", type=int, nargs="+", default=[10_000, 1_000_000], help="data-size rows")
+    parser.add_argument("--profile", action="store_true", help="py-spy's top items of one embedded run")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, {EPOCHS} epochs, median of {args.repeats}\n")
 
@@ -152,26 +256,32 @@ def main() -> None:
         print(
             f"{variant:<10} {base[variant]:>11.3f} {lib[variant]:>10.3f} {lib[variant] / base[variant]:>6.2f}"
         )
-
     if args.skip_flow:
         return
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, str(BASELINE)], capture_output=True, check=True)
-    script = time.perf_counter() - t0
-    print(f"\nbaseline script, whole process: {script:.2f} s")
-    print(
-        f"import torch: {import_seconds('torch'):.2f} s; import flows.train (torch + prefect + mlflow): "
-        f"{import_seconds('flows.train'):.2f} s"
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        # the embedded defaults in a temporary state directory, whatever servers run on this machine
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
-        env.update(PIPELINE_STATE_DIR=tmp, PIPELINE_DETECT_SERVERS="false")
-        for label in ("cold (fresh Prefect and MLflow databases)", "warm (databases exist)"):
-            seconds, log = run_flow(env)
-            print(f"\nflow, {label}: {seconds:.2f} s = {seconds / script:.1f}x the baseline script")
-            for phase, span in flow_phases(log).items():
-                print(f"  {phase:<42} {span:6.2f} s")
+    script = [sys.executable, str(BASELINE)]
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        print("\n1. the default flow against a running Prefect server and MLflow server (target <= 2.0x)")
+        with local_servers(tmp / "servers") as (api, mlflow):
+            env = env_for(str(tmp / "s1"), PREFECT_API_URL=api, MLFLOW_TRACKING_URI=mlflow)
+            run(flow_cmd(), env)  # warm: experiment and model exist
+            versus("   default", flow_cmd(), env, script, args.pairs)
+            print("\n3. 50,000 epochs of all three variants against the same servers (target <= 1.5x)")
+            versus("   50,000 epochs", flow_cmd("epochs=50000"), env, [*script, "50000"], args.pairs)
+        print("\n2. the default flow with embedded defaults, warm (target <= 3.5x)")
+        env = env_for(str(tmp / "s2"))
+        seconds, _, log = run(flow_cmd(), env)  # cold: creates the Prefect and MLflow databases
+        print(f"   cold run first: {seconds:.1f} s")
+        log = versus("   embedded, warm", flow_cmd(), env, script, args.pairs)
+        for phase, span in flow_phases(log).items():
+            print(f"     {phase:<48} {span:6.2f} s")
+        print(
+            "\n4. data size: 10 features, z-scored, 50 epochs, embedded defaults (target <= 2x, <= 1.5 GiB)"
+        )
+        data_size(tmp, args.rows)
+        if args.profile:
+            print("\nprofile of one embedded run (py-spy, inclusive share of samples)")
+            profile_top(env)
 
 
 if __name__ == "__main__":

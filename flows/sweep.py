@@ -13,6 +13,7 @@ import math
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.utilities.annotations import quote
 
 from flows.parameters import takes
 from tasks import sweep as s
@@ -32,7 +33,7 @@ class EveryTrialDiverged(RuntimeError):
 @flow(name="sweep-chunks", description="Chunks of a sweep's trials as Prefect tasks on a Dask cluster.")
 def dask_chunks(jobs: list[s.Job]) -> list[dict[str, Any]]:
     """Submit every chunk; the task runner (prefect-dask's) spreads them over the cluster's workers."""
-    return [future.result() for future in [s.train_chunk.submit(job) for job in jobs]]
+    return [future.result() for future in [s.train_chunk.submit(quote(job)) for job in jobs]]
 
 
 @contextlib.contextmanager
@@ -40,7 +41,7 @@ def executor(settings: SweepSettings):
     """A function that trains a list of jobs: in this process, or on a Dask cluster (started here if no
     address is given, with two worker processes, and stopped at the end)."""
     if settings.executor == "local":
-        yield lambda jobs: [s.train_chunk(job) for job in jobs], 1
+        yield lambda jobs: [s.train_chunk(quote(job)) for job in jobs], 1
         return
     from distributed import Client, LocalCluster
     from prefect_dask import DaskTaskRunner
@@ -111,7 +112,9 @@ def sweep(settings: SweepSettings) -> dict[str, Any]:
     try:
         s.record_trials(run, table, settings)
         recorded = [
-            s.record_top_trial(run, rank, i, *configs[i], prepared[s.data_key(configs[i][0])])
+            s.record_top_trial(
+                run, rank, i, *configs[i], prepared[s.data_key(configs[i][0])], loaded[configs[i][0].data]
+            )
             for rank, i in enumerate(top, start=1)
         ]
         s.report_sweep(run, table, top, [record for _, record in recorded])
@@ -122,7 +125,7 @@ def sweep(settings: SweepSettings) -> dict[str, Any]:
             promotion = register_model(
                 settings.model_name,
                 settings.max_val_rmse,
-                [recorded[0]],
+                quote([recorded[0]]),
                 loaded[best_config.data],
                 prepared[s.data_key(best_config)],
             )

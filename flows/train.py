@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.utilities.annotations import quote
 
 from flows.parameters import takes
 from tasks.data import load_dataset, prepare_data
@@ -46,13 +47,14 @@ def train(settings: TrainSettings) -> dict[str, Any]:
     prepared = prepare_data(loaded, settings)
     run = start_tracking(settings, loaded)
     try:
-        # one after another: the loops are CPU-bound Python, and threads would only contend for the GIL
-        trained = evaluate_variants(
-            [train_task(v, prepared, settings) for v in settings.variants], prepared, settings
-        )
-        spooled = spool_results(run, trained, prepared, settings)
-        records = [future.result() for future in [log_variant.submit(run, v, f) for v, f in spooled.items()]]
-        finish_tracking(run, trained, settings, report(run, trained, records))
+        # one after another: the loops are CPU-bound Python, and threads would only contend for the GIL.
+        # quote(): results go in as they are; Prefect need not walk every epoch's loss looking for futures
+        trained = [train_task(v, prepared, settings) for v in settings.variants]
+        trained = evaluate_variants(quote(trained), prepared, settings)
+        spooled = spool_results(run, quote(trained), loaded, prepared, settings)
+        logging = [log_variant.submit(run, v, folder, prepared) for v, folder in spooled.items()]
+        records = [future.result() for future in logging]
+        finish_tracking(run, quote(trained), settings, report(run, quote(trained), records))
         promotion = None
         if settings.model_name and any(t.converged for t in trained):
             # last, so that a run failing in any step before never registers a model or moves the alias

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -52,8 +53,9 @@ def load_dataset(
     return LoadedData(frame=frame, source=source, digest=digest)
 
 
-def _rows(index: tuple[int, ...], shown: int = 20) -> str:
-    return str(list(index)) if len(index) <= shown else f"[{', '.join(map(str, index[:shown]))}, ...]"
+def _rows(index: torch.Tensor, shown: int = 20) -> str:
+    head = ", ".join(map(str, index[:shown].tolist()))
+    return f"[{head}]" if len(index) <= shown else f"[{head}, ...]"
 
 
 @task(name="split-normalize", task_run_name="split-normalize", cache_policy=NO_CACHE)

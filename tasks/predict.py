@@ -103,9 +103,7 @@ def record_batch(model: ResolvedModel, loaded: LoadedData, rows: int, output: st
     params = {"data": loaded.source, "output": output, "model_name": model.name, "alias": model.alias}
     run_id = tracking.start_run(experiment_id, f"predict-{flow_run.get_name() or 'batch'}", tags, params)
     try:
-        tracking.log_dataset(
-            run_id, loaded.frame[model.features], loaded.source, loaded.digest, None, "prediction"
-        )
+        tracking.log_dataset(run_id, loaded.frame[model.features], loaded.source, loaded.digest, "prediction")
         tracking.log_metrics(run_id, {"rows": float(rows)})
         tracking.end_run(run_id, tracking.FINISHED)
     except BaseException as exc:

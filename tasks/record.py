@@ -57,7 +57,7 @@ def start_tracking(settings: TrainSettings, loaded: LoadedData) -> Tracking:
     run_id = tracking.start_run(
         experiment_id, tags["prefect.flow_run_name"] or "train", tags, settings.as_params()
     )
-    tracking.log_dataset(run_id, loaded.frame, loaded.source, loaded.digest, settings.target, "training")
+    tracking.log_dataset(run_id, loaded.frame, loaded.source, loaded.digest, "training")
     url = tracking.run_url(run_id, experiment_id)
     logger.info(
         "MLflow run %s in experiment %r (%s)", run_id, settings.experiment, url or tracking.tracking_uri()
@@ -67,11 +67,11 @@ def start_tracking(settings: TrainSettings, loaded: LoadedData) -> Tracking:
 
 @task(name="spool-results", task_run_name="spool-results", cache_policy=NO_CACHE)
 def spool_results(
-    run: Tracking, trained: list[Trained], prepared: Prepared, settings: TrainSettings
+    run: Tracking, trained: list[Trained], loaded: LoadedData, prepared: Prepared, settings: TrainSettings
 ) -> dict[str, str]:
     """Keep every variant's results on local disk until MLflow has recorded them; return their folders."""
     tags = prefect_tags()
-    payloads = [build_payload(t, prepared, settings, tags) for t in trained]
+    payloads = [build_payload(t, prepared, settings, tags, loaded.source, loaded.digest) for t in trained]
     # what closing the parent run needs, whichever variants are already recorded when MLflow goes away
     parent = {
         "experiment": settings.experiment,
@@ -83,10 +83,13 @@ def spool_results(
 
 
 @task(name="log-variant", task_run_name="log-{variant}", cache_policy=NO_CACHE)
-def log_variant(run: Tracking, variant: str, folder: str) -> VariantRecord:
+def log_variant(run: Tracking, variant: str, folder: str, prepared: Prepared) -> VariantRecord:
     """Record one spooled variant as a child run; on success its local copy is deleted."""
     try:
-        record = record_variant(spool.read(Path(folder)), run.experiment_id, run.parent_run_id, folder)
+        frames = (prepared.train_frame, prepared.val_frame)
+        record = record_variant(
+            spool.read(Path(folder)), run.experiment_id, run.parent_run_id, folder, frames=frames
+        )
     except Exception as exc:
         raise RecordingFailed(
             f"could not record {variant} in MLflow at {tracking.tracking_uri()}: {exc}. Its weights and "

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from tasks import plots, spool, tracking
 from training.data import Prepared
 from training.runs import Trained
@@ -42,11 +44,16 @@ class RecordingFailed(RuntimeError):
 
 
 def build_payload(
-    trained: Trained, prepared: Prepared, settings: TrainingConfig, tags: dict[str, str]
+    trained: Trained,
+    prepared: Prepared,
+    settings: TrainingConfig,
+    tags: dict[str, str],
+    source: str,
+    digest: str,
 ) -> spool.VariantPayload:
-    """Everything the child run of one variant will hold, as plain data."""
+    """Everything the child run of one variant will hold, as plain data (the data rows by reference: the file
+    ``source`` with its SHA-256 ``digest``, and the split)."""
     r, ev = trained.result, trained.evaluation
-    columns = [*settings.features, settings.target]
     return spool.VariantPayload(
         variant=r.variant,
         started_ms=trained.started_ms,
@@ -63,8 +70,9 @@ def build_payload(
         target=settings.target,
         epochs=settings.epochs,
         normalizer=prepared.normalizer.to_dict(),
-        train_rows=prepared.train_frame[columns].to_dict(orient="records"),
-        val_rows=prepared.val_frame[columns].to_dict(orient="records"),
+        data=source,
+        digest=digest,
+        split={"val_fraction": settings.val_fraction, "seed": settings.seed},
     )
 
 
@@ -82,13 +90,16 @@ def record_variant(
     parent_run_id: str,
     folder: str | None = None,
     name: str | None = None,
+    frames: tuple[pd.DataFrame, pd.DataFrame] | None = None,
 ) -> VariantRecord:
     """Record one variant as a child run: curves, metrics, plots and, if it converged, the model.
 
     A child run left by an earlier failed attempt is closed as KILLED; with ``folder``, the new child run's id
     is noted there as soon as it exists, so a failure from then on leaves nothing RUNNING after the upload.
+    ``frames`` are the training and validation rows when the caller has them (else read again from the file).
     """
     p = payload
+    train_frame, val_frame = frames or p.frames()
     if p.partial_run_id:
         tracking.end_run(
             p.partial_run_id, tracking.KILLED, note="superseded by a complete upload of the same results"
@@ -103,20 +114,27 @@ def record_variant(
         on_created=(lambda run_id: spool.note_partial_run(Path(folder), run_id)) if folder else None,
     )
     try:
-        return _record_child(p, experiment_id, run_id)
+        return _record_child(p, experiment_id, run_id, train_frame, val_frame)
     except BaseException as exc:
         with contextlib.suppress(Exception):  # the server may be the thing that failed
             tracking.end_run(run_id, tracking.FAILED, note=f"recording failed: {exc!r}")
         raise
 
 
-def _record_child(p: spool.VariantPayload, experiment_id: str, run_id: str) -> VariantRecord:
-    train_frame, val_frame = p.frames()
+def _record_child(
+    p: spool.VariantPayload,
+    experiment_id: str,
+    run_id: str,
+    train_frame: pd.DataFrame,
+    val_frame: pd.DataFrame,
+) -> VariantRecord:
     model_uri = None
     if p.converged:
         # first: Model.log reads back the run's whole metric history, which is still empty here
         model_uri = tracking.log_model(run_id, experiment_id, p.predictor(), train_frame[p.features].head(3))
-    tracking.log_curves(run_id, {"train_loss": p.train_loss, "val_loss": p.val_loss})
+    curves = {"train_loss": p.train_loss, "val_loss": p.val_loss}
+    tracking.log_curves(run_id, curves)
+    tracking.log_curve_table(run_id, curves)
     summary = {"epochs_run": float(len(p.train_loss)), "train_seconds": p.seconds}
     tracking.log_figure(
         run_id, plots.loss_curve(p.variant, p.train_loss, p.val_loss, p.epochs), "loss_curve.png"

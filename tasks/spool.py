@@ -2,7 +2,7 @@
 
 Layout under ``<state dir>/spool/<parent run id>/``: ``parent.json`` (experiment, epochs, tags, params, and
 every variant's curve and metrics for closing the parent run) and
-one folder per variant with ``payload.json`` (curves, parameters, metrics, data rows for the plots),
+one folder per variant with ``payload.json`` (curves, parameters, metrics, and where its data rows come from),
 ``model/`` (the weights and normalisation, as ``training.serving`` saves them) and, once a recording attempt
 has created its child run, ``partial_run_id``.
 """
@@ -20,6 +20,8 @@ import pandas as pd
 import torch
 
 from tasks import environment
+from training.data import file_digest, load_table, split_frame
+from training.errors import DataError
 from training.normalize import Normalizer
 from training.serving import LinearPredictor, save_model
 
@@ -53,8 +55,11 @@ class VariantPayload:
     target: str
     epochs: int
     normalizer: dict
-    train_rows: list[dict] = field(default_factory=list)  # original units, for the fit plot and example
-    val_rows: list[dict] = field(default_factory=list)
+    # where the rows come from, to draw the fit and give an input example: the file (checked against its
+    # SHA-256 before use) and the split; the rows themselves are not copied into the spool
+    data: str = ""
+    digest: str = ""
+    split: dict[str, Any] = field(default_factory=dict)  # training.data.split_indices' arguments
     partial_run_id: str | None = None  # a child run that a failed attempt left behind
 
     @property
@@ -69,9 +74,17 @@ class VariantPayload:
         )
 
     def frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """Training and validation rows in original units."""
-        columns = [*self.features, self.target]
-        return pd.DataFrame(self.train_rows, columns=columns), pd.DataFrame(self.val_rows, columns=columns)
+        """Training and validation rows in original units, read again from the data file.
+
+        Raises:
+            DataError: when the file is gone or no longer what the run trained on (its SHA-256 differs).
+        """
+        if file_digest(self.data) != self.digest:
+            raise DataError(
+                self.data, f"changed since the run (SHA-256 is not {self.digest[:12]}...); restore it"
+            )
+        frame = load_table(self.data, self.features, self.target)
+        return split_frame(frame, source=self.data, **self.split)[:2]
 
 
 def write(parent_run_id: str, parent: dict[str, Any], payloads: list[VariantPayload]) -> dict[str, str]:

@@ -209,7 +209,7 @@ def start_sweep_run(settings: SweepSettings, loaded: list[LoadedData]) -> Tracki
     }
     run_id = tracking.start_run(experiment_id, tags["prefect.flow_run_name"] or "sweep", tags, params)
     for d in loaded:
-        tracking.log_dataset(run_id, d.frame, d.source, d.digest, settings.target, "training")
+        tracking.log_dataset(run_id, d.frame, d.source, d.digest, "training")
     url = tracking.run_url(run_id, experiment_id)
     get_run_logger().info("MLflow sweep run %s (%s)", run_id, url or tracking.tracking_uri())
     return Tracking(experiment_id, run_id, url)
@@ -239,14 +239,23 @@ def retrain(config: TrainingConfig, variant: str, prepared: Prepared) -> Trained
 
 @task(name="record-top-trial", task_run_name="record-trial-{rank}", cache_policy=NO_CACHE)
 def record_top_trial(
-    run: Tracking, rank: int, trial: int, config: TrainingConfig, variant: str, prepared: Prepared
+    run: Tracking,
+    rank: int,
+    trial: int,
+    config: TrainingConfig,
+    variant: str,
+    prepared: Prepared,
+    data: LoadedData,
 ) -> tuple[Trained, VariantRecord]:
     """Train one of the best trials again and record it as a child run, as the train flow records variants."""
     trained = retrain(config, variant, prepared)
     tags = {**prefect_tags(), "sweep.trial": str(trial), "sweep.rank": str(rank)}
-    payload = build_payload(trained, prepared, config, tags)
+    payload = build_payload(trained, prepared, config, tags, data.source, data.digest)
     payload.run_params = {**payload.run_params, "trial": trial, "rank": rank}
-    record = record_variant(payload, run.experiment_id, run.parent_run_id, name=f"trial-{trial}")
+    frames = (prepared.train_frame, prepared.val_frame)
+    record = record_variant(
+        payload, run.experiment_id, run.parent_run_id, name=f"trial-{trial}", frames=frames
+    )
     get_run_logger().info("trial %d (rank %d) recorded as MLflow run %s", trial, rank, record.run_id)
     return trained, record
 

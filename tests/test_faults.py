@@ -7,10 +7,12 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
 from ops import servers
+from tasks.tracking import history_epochs
 
 from . import sockets
 from .conftest import subprocess_env
@@ -128,8 +130,12 @@ def test_mlflow_gone_for_good_keeps_the_results_and_upload_records_them_later(pr
         complete = [r for r in runs if r.info.status == "FINISHED" and "mlflow.parentRunId" in r.data.tags]
         assert sorted(r.data.tags["variant"] for r in complete) == ["autograd", "manual", "optimizer"]
         for child in complete:
-            steps = {m.step for m in client.get_metric_history(child.info.run_id, "train_loss")}
-            assert steps == set(range(1, LONG_EPOCHS + 1))
+            steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, "train_loss"))
+            assert steps == history_epochs(LONG_EPOCHS)  # the history keeps CURVE_POINTS epochs, once each
+            table = pd.read_parquet(
+                client.download_artifacts(child.info.run_id, "curves.parquet", str(tmp_path))
+            )
+            assert table["epoch"].tolist() == list(range(1, LONG_EPOCHS + 1))  # and the artifact every one
             assert "model_uri" in child.data.tags
         assert not [r for r in runs if r.info.status == "RUNNING"]
     finally:
@@ -163,9 +169,9 @@ def test_upload_to_a_server_that_never_saw_the_run_creates_it_whole(tmp_path, mo
     monkeypatch.setenv("PIPELINE_ARTIFACT_ROOT", str(tmp_path / "artifacts"))
     settings = TrainSettings(epochs=300, experiment="elsewhere")
     with disable_run_logger():
-        _, prepared, variants = trained(settings)
+        loaded, prepared, variants = trained(settings)
         lost = Tracking(experiment_id="0", parent_run_id="f" * 32, url=None)  # a run this store never had
-        spool_results.fn(lost, variants, prepared, settings)
+        spool_results.fn(lost, variants, loaded, prepared, settings)
     [waiting] = spool.pending()
     # a child run an interrupted attempt created, noted the way record_variant notes it
     first = spool.variants(waiting)[0]
@@ -212,8 +218,8 @@ def test_mlflow_gone_while_the_parent_run_closes_then_upload_closes_it(
         loaded, prepared, variants = trained(settings)
         try:
             run = start_tracking.fn(settings, loaded)
-            for variant, folder in spool_results.fn(run, variants, prepared, settings).items():
-                log_variant.fn(run, variant, folder)
+            for variant, folder in spool_results.fn(run, variants, loaded, prepared, settings).items():
+                log_variant.fn(run, variant, folder, prepared)
         finally:
             servers.stop_group(server.pid, timeout=0.1)  # gone before the parent run is closed
         closing = "could not close MLflow run .*`make upload` closes the run"

@@ -220,3 +220,22 @@ def test_mlflow_server_down_fails_fast_naming_it_before_any_work(monkeypatch):
     assert state.is_failed()
     assert f"cannot reach the MLflow tracking server at {url}" in state.message and "make ui" in state.message
     assert "TrackingUnavailable" in state.message
+
+
+def test_a_long_curve_is_thinned_in_the_history_and_kept_whole_as_an_artifact(mlflow_client, tmp_path):
+    from tasks.tracking import CURVE_POINTS
+
+    epochs = CURVE_POINTS + 2000
+    state, experiment = run_flow(epochs=epochs, variants=["manual"], val_fraction=0.0, model_name=None)
+    assert state.is_completed(), state.message
+    child = children_by_variant(mlflow_client, experiment)["manual"]
+    steps = sorted(m.step for m in mlflow_client.get_metric_history(child.info.run_id, "train_loss"))
+    assert (
+        len(steps) == CURVE_POINTS and steps[0] == 1 and steps[-1] == epochs and len(set(steps)) == len(steps)
+    )
+    table = pd.read_parquet(
+        mlflow_client.download_artifacts(child.info.run_id, "curves.parquet", str(tmp_path))
+    )
+    assert table["epoch"].tolist() == list(range(1, epochs + 1))
+    final = state.result()["variants"]["manual"]["final_loss"]
+    assert table["train_loss"].iloc[-1] == final and table["val_loss"].isna().all()

@@ -36,7 +36,7 @@ def log_at_once(runs: list[str], frame: pd.DataFrame, digest: str) -> list[BaseE
     def log(run_id: str) -> None:
         barrier.wait()
         try:
-            tracking.log_dataset(run_id, frame, str(DATA), digest, "t_c", "training")
+            tracking.log_dataset(run_id, frame, str(DATA), digest, "training")
         except BaseException as exc:
             errors.append(exc)
 

@@ -194,13 +194,22 @@ class Prepared:
     train_frame: pd.DataFrame  # original units, for plots and examples
     val_frame: pd.DataFrame
     normalizer: Normalizer
-    train_index: tuple[int, ...] = ()  # positions of the training rows in the file
-    val_index: tuple[int, ...] = ()
+    train_index: torch.Tensor | None = None  # positions of the training rows in the file
+    val_index: torch.Tensor | None = None
 
     @property
     def has_val(self) -> bool:
         """True when there is a validation split."""
         return len(self.y_val) > 0
+
+
+def split_frame(
+    frame: pd.DataFrame, val_fraction: float, seed: int, source: str = "<data>"
+) -> tuple[pd.DataFrame, pd.DataFrame, torch.Tensor, torch.Tensor]:
+    """The training and validation rows (re-indexed from 0) and their positions in ``frame``."""
+    train_idx, val_idx = split_indices(len(frame), val_fraction, seed, source=source)
+    train = frame.iloc[train_idx.numpy()].reset_index(drop=True)
+    return train, frame.iloc[val_idx.numpy()].reset_index(drop=True), train_idx, val_idx
 
 
 def prepare(
@@ -214,9 +223,7 @@ def prepare(
     source: str = "<data>",
 ) -> Prepared:
     """Split the rows with the seed, fit normalisation on the training rows only, apply it to both splits."""
-    train_idx, val_idx = split_indices(len(frame), val_fraction, seed, source=source)
-    train_frame = frame.iloc[train_idx.tolist()].reset_index(drop=True)
-    val_frame = frame.iloc[val_idx.tolist()].reset_index(drop=True)
+    train_frame, val_frame, train_idx, val_idx = split_frame(frame, val_fraction, seed, source)
     x_train, y_train = to_tensors(train_frame, features, target)
     x_val, y_val = to_tensors(val_frame, features, target)
     normalizer = fit_normalizer(x_train, features, normalize, scale, source=source)
@@ -228,6 +235,6 @@ def prepare(
         train_frame=train_frame,
         val_frame=val_frame,
         normalizer=normalizer,
-        train_index=tuple(train_idx.tolist()),
-        val_index=tuple(val_idx.tolist()),
+        train_index=train_idx,
+        val_index=val_idx,
     )
