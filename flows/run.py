@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import threading
 from contextlib import nullcontext
 
 from flows.parameters import help_text, parse_args
@@ -24,6 +25,13 @@ FLOWS: dict[str, tuple[str, type[Settings]]] = {
     "sweep": ("flows.sweep:sweep", SweepSettings),
 }
 USAGE = f"usage: python -m flows.run {{{','.join(FLOWS)}}} [--help] [--dry-run] [key=value ...]"
+
+
+def _start_temporary_api() -> None:
+    """Start the temporary local API that the flow's Prefect client would start (the same instance)."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    SubprocessASGIServer().start()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,12 +56,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     environment.apply()  # before prefect is imported: it reads PREFECT_HOME and the API URL at import
+    embedded = not os.environ.get("PREFECT_API_URL")
+    # Prefect's temporary API takes seconds to start in its own process: start it now, while this process
+    # imports torch, MLflow and the flow, and wait for it only before the flow runs
+    api = threading.Thread(target=_start_temporary_api, daemon=True) if embedded else None
+    if api:
+        api.start()
     from prefect.exceptions import ParameterTypeError
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     module, _, attribute = target.partition(":")
     flow = getattr(importlib.import_module(module), attribute)
-    embedded = not os.environ.get("PREFECT_API_URL")
+    if api:
+        api.join()
     settings = temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}) if embedded else nullcontext()
     with settings:
         try:
