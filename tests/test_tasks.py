@@ -74,6 +74,12 @@ def test_train_and_evaluate_tasks_on_the_books_setting():
         ({"variants": ["manual", "newton"]}, "variants.1: Input should be 'manual'"),
         ({"init": {"weight": [1.0, 2.0]}}, "2 weights for 1 features"),
         ({"epoch": 10}, "epoch: Extra inputs are not permitted"),
+        ({"model": "mlp", "init": {"weight": 2.0}}, "init sets the line's starting parameters"),
+        ({"model": "cnn"}, "model: Input should be 'linear' or 'mlp'"),
+        ({"hidden": 0}, "hidden: Input should be greater than or equal to 1"),
+        ({"activation": "gelu"}, "activation: Input should be 'tanh', 'relu' or 'sigmoid'"),
+        ({"val_indices": [7, 7]}, "val_indices: lists a row twice: [7, 7]"),
+        ({"val_indices": [-1]}, "val_indices.0: Input should be greater than or equal to 0"),
     ],
 )
 def test_settings_are_checked_before_anything_runs(change, pattern):
