@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
@@ -99,3 +100,30 @@ def test_reads_retry_while_maths_and_run_creating_writes_do_not():
     writes = (start_tracking, log_variant, finish_tracking, record_predictions)
     for task_ in (prepare_data, train_task, evaluate_variants, *writes):
         assert not task_.retries, task_.name
+
+
+def test_a_network_is_evaluated_without_an_optimum_and_with_its_backward_pass_checked():
+    from tasks.report import outcome_line, summary_rows
+
+    settings = TrainSettings(model="mlp", lr=1e-3, epochs=200, val_indices=[7, 10])
+    loaded = load_dataset.fn(str(DATA), ["t_u"], "t_c")
+    p = prepare_data.fn(loaded, settings)
+    assert p.val_index == (7, 10)
+    trained = [train_task.fn(v, p, settings) for v in ("manual", "optimizer")]
+    evaluated = evaluate_variants.fn(trained, p, settings)
+    for t in evaluated:
+        ev = t.evaluation
+        assert not ev.has_optimum and math.isnan(ev.optimum_gap)
+        assert ev.grad_check_init < 1e-12 and ev.grad_check_final < 1e-12
+        assert ev.train["mse"] == pytest.approx(
+            t.result.train_loss[-1], rel=0.05
+        )  # after vs before the update
+        assert "gap to optimum none" in outcome_line(t)
+    row = summary_rows(evaluated, [])[0]
+    assert row["gap to optimum"] == "none" and row["params"] == "25 values (see the MLflow run)"
+
+    line = TrainSettings(epochs=200, val_indices=[7, 10])
+    [evaluated] = evaluate_variants.fn([train_task.fn("manual", p, line)], p, line)
+    assert evaluated.evaluation.has_optimum
+    row = summary_rows([evaluated], [])[0]
+    assert float(row["gap to optimum"]) > 0 and len(row["params"].split(", ")) == 2
