@@ -53,7 +53,7 @@ def loss_curves(curves: Mapping[str, Sequence[float]], epochs: int, optimum: flo
     return fig
 
 
-def plot_range(values: np.ndarray) -> tuple[float, float]:
+def plot_range(values: Sequence[float]) -> tuple[float, float]:
     """The data's range widened to whole steps of the power of ten below its span.
 
     For the thermometer's t_u (21.8 to 81.9) that is 20 to 90, the range of the book's figure.

@@ -127,3 +127,26 @@ def test_a_network_is_evaluated_without_an_optimum_and_with_its_backward_pass_ch
     assert evaluated.evaluation.has_optimum
     row = summary_rows([evaluated], [])[0]
     assert float(row["gap to optimum"]) > 0 and len(row["params"].split(", ")) == 2
+
+
+def test_the_fit_plot_draws_the_model_over_the_books_range_with_the_data():
+    from tasks.plots import fit_plot, plot_range
+    from training import network
+    from training.architecture import Architecture
+    from training.normalize import Normalizer
+    from training.serving import Predictor
+
+    assert plot_range([21.8, 81.9]) == (20, 90)  # the thermometer's t_u: the book's figure
+    assert plot_range([0.12, 0.93]) == pytest.approx((0.1, 1.0)) and plot_range([3.0, 3.0]) == (2.0, 4.0)
+    loaded = load_dataset.fn(str(DATA), ["t_u"], "t_c")
+    p = prepare_data.fn(loaded, TrainSettings(val_indices=[7, 10]))
+    normalizer = Normalizer("scale", ("t_u",), (0.0,), (0.1,))
+    predictor = Predictor(network.seeded_init(1, 8, 0), normalizer, "t_c", "manual", Architecture.network(1))
+    ax = fit_plot(predictor, p.train_frame, p.val_frame).axes[0]
+    [curve] = ax.lines
+    assert (curve.get_xdata().min(), curve.get_xdata().max()) == (20, 90)
+    expected = predictor.predict({"t_u": curve.get_xdata()})["t_c"].to_numpy()
+    assert curve.get_ydata() == pytest.approx(expected)
+    points = sorted(tuple(xy) for c in ax.collections[:2] for xy in c.get_offsets().tolist())
+    assert points == sorted(zip(loaded.frame["t_u"], loaded.frame["t_c"], strict=True))  # every reading
+    assert "network 1-8-1, tanh" in ax.get_title()
