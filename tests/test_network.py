@@ -14,6 +14,7 @@ from training import network
 from training.architecture import Architecture
 from training.data import load_table, prepare
 from training.errors import ConfigError
+from training.evaluation import evaluate
 from training.loops import HINT, VARIANTS, train
 from training.runs import train_variant
 from training.settings import TrainingConfig
@@ -222,3 +223,16 @@ def test_architectures_refuse_what_makes_no_model_and_round_trip_as_json():
     for arch in (Architecture.line(3), Architecture.network(2, 13, "sigmoid")):
         assert Architecture.from_dict(arch.to_dict()) == arch
     assert Architecture.line(1).n_params == 2 and Architecture.network(1, 8).n_params == 25
+
+
+def test_a_networks_evaluation_has_metrics_and_a_gradient_check_but_no_optimum():
+    x, t, params = random_network(1, 8, 6, dtype=torch.float32)
+    arch = Architecture.network(1, 8, "sigmoid")
+    init = network.seeded_init(1, 8, 0)
+    ev = evaluate(params, init, x[:20], t[:20], x[20:], t[20:], best_mse=1.0, model=arch)
+    assert not ev.has_optimum and math.isnan(ev.optimum_mse) and math.isnan(ev.optimum_gap)
+    with torch.no_grad():
+        t_p = network.module(1, 8, "sigmoid", params.double())(x[20:].double()).squeeze(1)
+    assert ev.val["mse"] == pytest.approx(float(((t_p - t[20:].double()) ** 2).mean()), rel=1e-12)
+    assert ev.grad_check_init < 1e-12 and ev.grad_check_final < 1e-12
+    assert evaluate(params[:2], params[:2], x, t, best_mse=1.0).has_optimum  # the line's is kept
