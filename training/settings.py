@@ -59,7 +59,7 @@ class Settings(BaseModel):
 
 
 class TrainingConfig(Settings):
-    """One training: the data, its split and normalisation, the optimiser, the schedule and the start."""
+    """One training: the data, its split and normalisation, the model, the optimiser, epochs and start."""
 
     data: str = Field(
         "data/thermometer.csv",
