@@ -36,12 +36,13 @@ class NoVariantConverged(RuntimeError):
 
 @flow(
     name="train",
-    description="Fit t_c = w * t_u + b (or any linear model) three ways and record it in MLflow.",
+    description="Fit t_c = w * t_u + b (or any linear model, or chapter 6's network) three ways and record "
+    "it in MLflow.",
 )
 @fail_cleanly(NoVariantConverged)
 @takes(TrainSettings)
 def train(settings: TrainSettings) -> dict[str, Any]:
-    """Train the linear model with each chosen variant and record everything in MLflow."""
+    """Train the model (the line or the network) with each chosen variant and record everything in MLflow."""
     check_tracking()
     loaded = load_dataset(settings.data, settings.features, settings.target)
     prepared = prepare_data(loaded, settings)

@@ -63,7 +63,15 @@ def prepare_data(loaded: LoadedData, config: TrainingConfig) -> Prepared:
     """Split rows with the seed, fit normalisation on the training rows only, apply it to both splits."""
     c = config
     prepared = prepare(
-        loaded.frame, c.features, c.target, c.normalize, c.scale, c.val_fraction, c.seed, loaded.source
+        loaded.frame,
+        c.features,
+        c.target,
+        c.normalize,
+        c.scale,
+        c.val_fraction,
+        c.seed,
+        loaded.source,
+        val_indices=c.val_indices,
     )
     get_run_logger().info(
         "Split %d rows: %d train %s, %d validation %s; normalisation %s",

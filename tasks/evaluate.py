@@ -13,9 +13,11 @@ from training.settings import TrainingConfig
 
 @task(name="evaluate", task_run_name="evaluate", cache_policy=NO_CACHE)
 def evaluate_variants(trained: list[Trained], prepared: Prepared, config: TrainingConfig) -> list[Trained]:
-    """Evaluate every converged variant against the exact optimum; diverged ones have nothing to evaluate."""
+    """Evaluate every converged variant (the line against its exact optimum); diverged ones have nothing to
+    evaluate."""
     logger = get_run_logger()
-    optimum = optimum_mse(prepared.x_train, prepared.y_train)
+    # a closed-form optimum exists for the line only
+    optimum = optimum_mse(prepared.x_train, prepared.y_train) if config.model == "linear" else float("nan")
     evaluated = [evaluate_trained(t, prepared, config, optimum) for t in trained]
     for t in evaluated:
         if (ev := t.evaluation) is None:
@@ -25,8 +27,9 @@ def evaluate_variants(trained: list[Trained], prepared: Prepared, config: Traini
                 "%s: hand-written and autograd gradients differ by %.3g (relative)", t.variant, ev.grad_check
             )
         val = f", validation MSE {ev.val['mse']:.6f}" if ev.val else ""
+        best = f"optimum {optimum:.6f}, gap {ev.optimum_gap:.3g}" if ev.has_optimum else "optimum: none"
         logger.info(
-            "%s: train MSE %.6f (optimum %.6f, gap %.3g)%s; gradient check %.1e",
-            t.variant, ev.train["mse"], optimum, ev.optimum_gap, val, ev.grad_check,
+            "%s: train MSE %.6f (%s)%s; gradient check %.1e",
+            t.variant, ev.train["mse"], best, val, ev.grad_check,
         )  # fmt: skip
     return evaluated

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from training.serving import LinearPredictor
+from training.serving import Predictor
 
 CURVE_POINTS = 2000
 SCATTER_POINTS = 2000
@@ -77,8 +77,23 @@ def loss_curves(curves: Mapping[str, Sequence[float]], epochs: int, optimum: flo
     return fig
 
 
-def fit_plot(predictor: LinearPredictor, train_frame, val_frame, title: str = "") -> Figure:
-    """Data and fitted model in original units: a line for one feature, predicted-vs-actual for several."""
+def plot_range(values: Sequence[float]) -> tuple[float, float]:
+    """The data's range widened to whole steps of the power of ten below its span.
+
+    For the thermometer's t_u (21.8 to 81.9) that is 20 to 90, the range of the book's figure.
+    """
+    low, high = float(np.min(values)), float(np.max(values))
+    span = high - low
+    if span == 0:
+        return low - 1, high + 1
+    step = 10.0 ** math.floor(math.log10(span))
+    return math.floor(low / step) * step, math.ceil(high / step) * step
+
+
+def fit_plot(predictor: Predictor, train_frame, val_frame, title: str = "") -> Figure:
+    """Data and fitted model in original units, as the book's figure: the model drawn across the data's range
+    (widened by ``plot_range``) for one feature, its value at each data row marked; predicted-vs-actual for
+    several features."""
     fig = _figure()
     ax = fig.add_subplot()
     target = predictor.target
@@ -94,11 +109,13 @@ def fit_plot(predictor: LinearPredictor, train_frame, val_frame, title: str = ""
         for label, frame, marker in frames:
             if len(frame):
                 ax.scatter(frame[feature], frame[target], marker=marker, label=label, s=12)
-        low = min(train_frame[feature].min(), val_frame[feature].min() if len(val_frame) else np.inf)
-        high = max(train_frame[feature].max(), val_frame[feature].max() if len(val_frame) else -np.inf)
-        grid = np.linspace(low, high, 50)
-        line = predictor.predict({feature: grid})[target]
-        ax.plot(grid, line, color="black", label="model")
+        both = np.concatenate([train_frame[feature].to_numpy(), val_frame[feature].to_numpy()])
+        grid = np.linspace(*plot_range(both), 281)  # fine enough for a curve
+        ax.plot(grid, predictor.predict({feature: grid})[target], color="black", label="model")
+        shown_x = np.concatenate([train[feature].to_numpy(), val[feature].to_numpy()])  # the sampled rows
+        ax.scatter(
+            shown_x, predictor.predict({feature: shown_x})[target], marker="x", color="black", zorder=3
+        )
         ax.set_xlabel(feature)
         ax.set_ylabel(target)
     else:
@@ -108,7 +125,9 @@ def fit_plot(predictor: LinearPredictor, train_frame, val_frame, title: str = ""
         ax.axline((0, 0), slope=1, color="black", linewidth=0.8, label="perfect prediction")
         ax.set_xlabel(f"actual {target}")
         ax.set_ylabel(f"predicted {target}")
-    ax.set_title((title or f"{predictor.variant}: fit in original units") + shown)
+    ax.set_title(
+        (title or f"{predictor.variant}: {predictor.architecture.describe()}, in original units") + shown
+    )
     ax.grid(True, alpha=0.3)
     ax.legend()
     return fig

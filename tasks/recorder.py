@@ -14,9 +14,10 @@ from typing import Any
 import pandas as pd
 
 from tasks import plots, spool, tracking
+from training import network
 from training.data import Prepared
 from training.runs import Trained
-from training.serving import LinearPredictor
+from training.serving import Predictor
 from training.settings import TrainingConfig
 
 
@@ -72,11 +73,16 @@ def build_payload(
         normalizer=prepared.normalizer.to_dict(),
         data=source,
         digest=digest,
-        split={"val_fraction": settings.val_fraction, "seed": settings.seed},
+        split={
+            "val_fraction": settings.val_fraction,
+            "seed": settings.seed,
+            "val_indices": settings.val_indices,
+        },
+        architecture=settings.architecture().to_dict(),
     )
 
 
-def _coefficients(predictor: LinearPredictor) -> dict[str, float]:
+def _coefficients(predictor: Predictor) -> dict[str, float]:
     folded = predictor.normalizer.fold(predictor.params).tolist()
     return {
         **{f"coef_{f}": w for f, w in zip(predictor.features, folded[:-1], strict=True)},
@@ -144,10 +150,19 @@ def _record_child(
         tracking.end_run(run_id, tracking.FAILED, note=p.message)
         return VariantRecord(p.variant, run_id, tracking.FAILED, None)
     predictor = p.predictor()
-    trained = {f"w_{f}": w for f, w in zip(p.features, p.params[:-1], strict=True)} | {"b": p.params[-1]}
-    coefficients = _coefficients(predictor)
-    tracking.log_metrics(run_id, {**summary, **trained, **coefficients, **p.metrics})
-    tracking.log_dict(run_id, {"trained_space": trained, "original_units": coefficients}, "coefficients.json")
+    arch = predictor.architecture
+    if arch.is_linear:  # the line's weights and bias mean something one by one: slopes and intercept
+        trained = {f"w_{f}": w for f, w in zip(p.features, p.params[:-1], strict=True)} | {"b": p.params[-1]}
+        coefficients = _coefficients(predictor)
+        tracking.log_metrics(run_id, {**summary, **trained, **coefficients, **p.metrics})
+        tracking.log_dict(
+            run_id, {"trained_space": trained, "original_units": coefficients}, "coefficients.json"
+        )
+    else:  # a network's weights only mean something together: kept as a whole, by layer
+        tracking.log_metrics(run_id, {**summary, **p.metrics})
+        layers = network.state_dict(predictor.params, arch.features, arch.hidden)
+        weights = {name: value.tolist() for name, value in layers.items()}
+        tracking.log_dict(run_id, {"architecture": arch.to_dict(), "weights": weights}, "network.json")
     tracking.log_figure(run_id, plots.fit_plot(predictor, train_frame, val_frame), "fit.png")
     tracking.set_tags(run_id, {"model_uri": model_uri})
     tracking.end_run(run_id, tracking.FINISHED)

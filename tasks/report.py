@@ -11,6 +11,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.cache_policies import NO_CACHE
 
 from tasks.recorder import Tracking, VariantRecord
+from training.evaluation import Evaluation
 from training.runs import Trained
 
 
@@ -36,8 +37,8 @@ def summary_rows(trained: list[Trained], records: list[VariantRecord]) -> list[d
                 "val MSE": _fmt(val.get("mse")),
                 "val RMSE": _fmt(val.get("rmse")),
                 "val R2": _fmt(val.get("r2"), ".4f"),
-                "gap to optimum": _fmt(ev.optimum_gap if ev else None, ".3g"),
-                "params [w..., b]": ", ".join(f"{p:.4f}" for p in r.params.tolist()),
+                "gap to optimum": _gap(ev),
+                "params": _params(r.params.tolist()),
                 "seconds": f"{t.seconds:.2f}",
                 "MLflow run": run_ids.get(r.variant, "-"),
             }
@@ -56,9 +57,11 @@ def summary_markdown(rows: list[dict[str, str]], trained: list[Trained], run: Tr
         "",
         f"{len(converged)} of {len(trained)} variants converged: {', '.join(converged) or 'none'}.",
     ]
-    if evaluations:
+    if evaluations and evaluations[0].has_optimum:
         optimum = evaluations[0].optimum_mse
         lines.append(f"The exact least-squares fit on the training rows has MSE {optimum:.6f}.")
+    elif evaluations:
+        lines.append("Exact optimum: none (a network has no closed-form fit; the line has).")
     lines += [f"- **{t.variant}**: {outcome_line(t)}" for t in trained]
     lines += ["", table]
     if run.url:
@@ -88,8 +91,22 @@ def outcome_line(t: Trained) -> str:
     val = f", validation RMSE {ev.val['rmse']:.4f}" if ev.val else ""
     return (
         f"final loss {t.result.train_loss[-1]:.6f}, train MSE {ev.train['mse']:.6f}, gap to optimum "
-        f"{ev.optimum_gap:.2g}{val}; hand-written vs autograd gradient gap {ev.grad_check:.1e}"
+        f"{_gap(ev, '.2g')}{val}; hand-written vs autograd gradient gap {ev.grad_check:.1e}"
     )
+
+
+def _gap(ev: Evaluation | None, spec: str = ".3g") -> str:
+    """The gap to the exact optimum; "none" for a network, which has no exact optimum."""
+    if ev is None:
+        return "-"
+    return format(ev.optimum_gap, spec) if ev.has_optimum else "none"
+
+
+def _params(params: list[float], shown: int = 6) -> str:
+    """The trained parameters, or how many there are when a network has too many to read in a table."""
+    if len(params) <= shown:
+        return ", ".join(f"{p:.4f}" for p in params)
+    return f"{len(params)} values (see the MLflow run)"
 
 
 def outcome(

@@ -20,10 +20,11 @@ import pandas as pd
 import torch
 
 from tasks import environment
+from training.architecture import Architecture
 from training.data import file_digest, load_table, split_frame
 from training.errors import DataError
 from training.normalize import Normalizer
-from training.serving import LinearPredictor, save_model
+from training.serving import Predictor, save_model
 
 
 def spool_root() -> Path:
@@ -43,7 +44,7 @@ class VariantPayload:
     variant: str
     started_ms: int
     seconds: float
-    params: list[float]  # [w..., b], normalised inputs
+    params: list[float]  # flat, normalised inputs: the line's [w..., b] or the network's weights
     train_loss: list[float]
     val_loss: list[float]
     stop_reason: str
@@ -59,7 +60,8 @@ class VariantPayload:
     # SHA-256 before use) and the split; the rows themselves are not copied into the spool
     data: str = ""
     digest: str = ""
-    split: dict[str, Any] = field(default_factory=dict)  # training.data.split_indices' arguments
+    split: dict[str, Any] = field(default_factory=dict)  # training.data.split_frame's arguments
+    architecture: dict | None = None  # Architecture.to_dict(); None (spooled before networks): the line
     partial_run_id: str | None = None  # a child run that a failed attempt left behind
 
     @property
@@ -67,10 +69,11 @@ class VariantPayload:
         """True when the variant trained without a non-finite loss."""
         return self.stop_reason == "completed"
 
-    def predictor(self) -> LinearPredictor:
+    def predictor(self) -> Predictor:
         """The trained model, in original units."""
-        return LinearPredictor(
-            torch.tensor(self.params), Normalizer.from_dict(self.normalizer), self.target, self.variant
+        arch = Architecture.from_dict(self.architecture) if self.architecture else None
+        return Predictor(
+            torch.tensor(self.params), Normalizer.from_dict(self.normalizer), self.target, self.variant, arch
         )
 
     def frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:

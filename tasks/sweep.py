@@ -29,13 +29,14 @@ from tasks.data import LoadedData
 from tasks.recorder import Tracking, VariantRecord, build_payload, record_variant
 from tasks.runinfo import prefect_tags, provenance
 from training.data import Prepared, prepare
+from training.errors import ConfigError
 from training.evaluation import optimum_mse
 from training.runs import Trained, evaluate_trained, train_variant
 from training.settings import SweepSettings, TrainingConfig
 from training.space import Axis, check_points, configure, grid, parse_space, sample
 from training.sweep import Trial, sweep
 
-DATA_FIELDS = ("data", "features", "target", "normalize", "scale", "val_fraction", "seed")
+DATA_FIELDS = ("data", "features", "target", "normalize", "scale", "val_fraction", "val_indices", "seed")
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,11 @@ def engine_trial(config: TrainingConfig, variant: str) -> Trial:
 def plan(settings: SweepSettings) -> tuple[list[Axis], list[dict[str, Any]]]:
     """The space's axes and, for grid and random, every point; checked before any work (ConfigError)."""
     base = settings.base()
+    if base.model != "linear" or set(settings.space.get("model") or []) - {"linear"}:
+        raise ConfigError(
+            "model: the sweep engine trains the line (model=linear) as one batched program; train a network "
+            'with the train flow (make run ARGS="model=mlp ..."), one configuration a run'
+        )
     axes = parse_space(settings.space, base)
     if settings.strategy == "grid":
         points = grid(axes)
@@ -283,7 +289,15 @@ def prepare_all(
         if key not in out:
             c, d = config, loaded[config.data]
             out[key] = prepare(
-                d.frame, c.features, c.target, c.normalize, c.scale, c.val_fraction, c.seed, d.source
+                d.frame,
+                c.features,
+                c.target,
+                c.normalize,
+                c.scale,
+                c.val_fraction,
+                c.seed,
+                d.source,
+                c.val_indices,
             )
     return out
 

@@ -29,7 +29,7 @@ from mlflow.models import Model, ModelSignature
 from mlflow.types import ColSpec, Schema
 
 from tasks import environment
-from training.serving import LinearPredictor, save_model
+from training.serving import Predictor, save_model
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -265,9 +265,7 @@ def retry_on_conflict(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return retrying(call, *args, **kwargs)
 
 
-def log_model(
-    run_id: str, experiment_id: str, predictor: LinearPredictor, input_example: pd.DataFrame
-) -> str:
+def log_model(run_id: str, experiment_id: str, predictor: Predictor, input_example: pd.DataFrame) -> str:
     """Log ``predictor`` as an MLflow pyfunc model of the run and return its ``models:/`` URI.
 
     The model directory holds a tensor state dict and JSON (see ``training.serving``); MLflow loads it
@@ -284,7 +282,7 @@ def log_model(
         experiment_id, name=MODEL_NAME, source_run_id=run_id, tags={"variant": predictor.variant}
     )
     with tempfile.TemporaryDirectory() as tmp, _MODEL_LOG_LOCK:
-        data_path = save_model(Path(tmp, "linear"), predictor)
+        data_path = save_model(Path(tmp, predictor.architecture.model), predictor)  # data/linear or data/mlp
         info = Model.log(
             artifact_path=None,
             name=MODEL_NAME,

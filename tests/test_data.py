@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from training.data import file_digest, load_table, split_indices, to_tensors
+from training.data import chosen_split, file_digest, load_table, prepare, split_indices, to_tensors
 from training.errors import DataError
 from training.normalize import Normalizer, fit_normalizer
 
@@ -112,6 +112,35 @@ def test_too_few_rows_for_the_split():
         split_indices(1, 0.0, seed=0, source="f.csv")
     with pytest.raises(DataError, match="^f.csv: "):
         split_indices(2, 0.5, seed=0, source="f.csv")
+
+
+def test_validation_rows_by_position_override_the_fraction_and_the_seed():
+    frame = load_table(DATA, ["t_u"], "t_c")
+    p = prepare(frame, ["t_u"], "t_c", "zscore", 0.1, 0.5, seed=3, val_indices=[10, 7])
+    assert p.val_index.tolist() == [10, 7] and p.train_index.tolist() == [
+        0,
+        1,
+        2,
+        3,
+        4,
+        5,
+        6,
+        8,
+        9,
+    ]  # file order
+    assert p.val_frame["t_u"].tolist() == [68.4, 21.8] and p.val_frame["t_c"].tolist() == [21.0, -4.0]
+    assert p.normalizer.shift[0] == pytest.approx(frame["t_u"].drop([7, 10]).mean())  # training rows only
+    again = prepare(frame, ["t_u"], "t_c", "zscore", 0.1, 0.2, seed=99, val_indices=[10, 7])
+    assert torch.equal(again.val_index, p.val_index) and torch.equal(again.x_train, p.x_train)
+
+
+def test_validation_rows_beyond_the_table_or_leaving_too_few_are_refused():
+    with pytest.raises(DataError, match=r"^f.csv: val_indices \[11, 12\] are beyond the 11 data rows"):
+        chosen_split(11, [0, 11, 12], source="f.csv")
+    with pytest.raises(DataError, match="3 data rows leave 1 for training; training needs at least 2"):
+        chosen_split(3, [0, 2], source="f.csv")
+    train, val = chosen_split(3, [1])
+    assert train.tolist() == [0, 2] and val.tolist() == [1]
 
 
 def test_normalisation_methods():

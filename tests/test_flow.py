@@ -7,6 +7,7 @@ import uuid
 import mlflow
 import pandas as pd
 import pytest
+import torch
 from prefect.exceptions import ParameterTypeError
 
 from flows.train import train
@@ -239,3 +240,70 @@ def test_a_long_curve_is_thinned_in_the_history_and_kept_whole_as_an_artifact(ml
     assert table["epoch"].tolist() == list(range(1, epochs + 1))
     final = state.result()["variants"]["manual"]["final_loss"]
     assert table["train_loss"].iloc[-1] == final and table["val_loss"].isna().all()
+
+
+def test_the_network_records_the_lines_contract_side_by_side_with_it(mlflow_client):
+    epochs, experiment = 300, f"test-{uuid.uuid4().hex[:8]}"
+    book_rows = {"val_indices": [7, 10], "epochs": epochs, "model_name": None, "experiment": experiment}
+    line, _ = run_flow(**book_rows)
+    net, _ = run_flow(model="mlp", lr=1e-3, **book_rows)
+    assert line.is_completed() and net.is_completed(), (line.message, net.message)
+    children = {
+        (r.data.params["model"], r.data.tags["variant"]): r
+        for r in runs_of(mlflow_client, experiment)
+        if "mlflow.parentRunId" in r.data.tags
+    }
+    assert set(children) == {(m, v) for m in ("linear", "mlp") for v in ("manual", "autograd", "optimizer")}
+    shared = {
+        "train_mse",
+        "train_rmse",
+        "val_mse",
+        "val_rmse",
+        "val_r2",
+        "grad_check_init",
+        "grad_check_final",
+    }
+    line_only = {"optimum_mse", "optimum_gap", "w_t_u", "b", "coef_t_u", "intercept"}
+    for (kind, variant), child in children.items():
+        metrics, artifacts = child.data.metrics, artifact_paths(mlflow_client, child.info.run_id)
+        assert shared <= set(metrics), (kind, variant)
+        assert max(metrics["grad_check_init"], metrics["grad_check_final"]) < 1e-12, (kind, variant)
+        for curve in ("train_loss", "val_loss"):
+            history = mlflow_client.get_metric_history(child.info.run_id, curve)
+            assert sorted(m.step for m in history) == list(range(1, epochs + 1)), (kind, variant, curve)
+        assert {"loss_curve.png", "fit.png"} <= artifacts
+        if kind == "linear":
+            assert line_only <= set(metrics) and "coefficients.json" in artifacts
+            assert "hidden" not in child.data.params and child.data.params["init_weight"] == "1.0"
+        else:
+            assert not line_only & set(metrics) and "network.json" in artifacts
+            assert child.data.params["hidden"] == "8" and child.data.params["activation"] == "tanh"
+            assert "init_weight" not in child.data.params
+    assert (
+        "Exact optimum: none"
+        in mlflow_client.get_run(net.result()["parent_run_id"]).data.tags["mlflow.note.content"]
+    )
+
+    # the logged network predicts in Celsius what the book's nn.Sequential with its logged weights predicts
+    child = children[("mlp", "autograd")]
+    weights = mlflow.artifacts.load_dict(f"runs:/{child.info.run_id}/network.json")["weights"]
+    book = torch.nn.Sequential(torch.nn.Linear(1, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).double()
+    book.load_state_dict({k: torch.tensor(v, dtype=torch.float64) for k, v in weights.items()})
+    t_u = [20.0, 50.0, 90.0]
+    expected = book(0.1 * torch.tensor(t_u, dtype=torch.float64).unsqueeze(1)).squeeze(1).tolist()
+    predicted = mlflow.pyfunc.load_model(child.data.tags["model_uri"]).predict(pd.DataFrame({"t_u": t_u}))
+    assert predicted["t_c"].tolist() == pytest.approx(expected, abs=1e-9)
+    out = net.result()["variants"]["autograd"]
+    assert out["final_loss"] < out["train_mse"] * 1.5 and len(out["params"]) == 25
+
+
+def test_a_diverging_network_fails_the_flow_and_records_why_as_the_line(mlflow_client):
+    state, experiment = run_flow(model="mlp", lr=10.0, epochs=100, val_indices=[7, 10])
+    assert state.is_failed()
+    assert "no variant converged" in state.message and "epoch 10" in state.message
+    runs = runs_of(mlflow_client, experiment)
+    assert len(runs) == 4 and all(r.info.status == "FAILED" for r in runs)
+    for variant, child in children_by_variant(mlflow_client, experiment).items():
+        assert "model_uri" not in child.data.tags, variant
+        assert "at epoch 10 of 100" in child.data.tags["mlflow.note.content"], variant
+        assert len(mlflow_client.get_metric_history(child.info.run_id, "train_loss")) == 9, variant

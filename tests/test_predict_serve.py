@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import subprocess
@@ -92,8 +93,8 @@ def test_unknown_model_is_a_clear_error(write):
     assert state.is_failed() and "no registered model named 'no-such-model'" in state.message
 
 
-def test_model_server_answers_in_celsius(mlflow_server, champion, tmp_path):
-    name, _, w, b = champion
+def served(name: str, tmp_path: Path, t_u: list[float]) -> list[float]:
+    """``make serve-model``'s command for ``name@champion``, asked for ``t_u``; the answer in Celsius."""
     port = sockets.free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"]}
     serve = ["mlflow", "models", "serve", "-m", f"models:/{name}@champion", "--env-manager", "local"]
@@ -114,12 +115,16 @@ def test_model_server_answers_in_celsius(mlflow_server, champion, tmp_path):
         assert "127.0.0.1" in proc.args and sockets.listening_addresses(port) == {"127.0.0.1"}
         answer = requests.post(
             f"http://127.0.0.1:{port}/invocations",
-            json={"dataframe_records": [{"t_u": 35.7}, {"t_u": 81.9}]},
+            json={"dataframe_records": [{"t_u": u} for u in t_u]},
             timeout=30,
         )
     assert answer.status_code == 200
-    celsius = [row["t_c"] for row in answer.json()["predictions"]]
-    assert celsius == pytest.approx([w * 35.7 + b, w * 81.9 + b], abs=1e-4)
+    return [row["t_c"] for row in answer.json()["predictions"]]
+
+
+def test_model_server_answers_in_celsius(mlflow_server, champion, tmp_path):
+    name, _, w, b = champion
+    assert served(name, tmp_path, [35.7, 81.9]) == pytest.approx([w * 35.7 + b, w * 81.9 + b], abs=1e-4)
 
 
 class _Exploit:
@@ -148,3 +153,60 @@ def test_the_model_holds_no_pickle_and_a_tampered_one_is_refused(champion, tmp_p
     unsafe = f"import torch; torch.load({str(local / 'data/linear/weights.pt')!r}, weights_only=False)"
     subprocess.run([sys.executable, "-c", unsafe], capture_output=True)
     assert marker.exists()
+
+
+@pytest.fixture(scope="module")
+def network_champion(mlflow_server):
+    """A registered network (chapter 6's, on the book's rows) as champion, and the book's nn.Sequential with
+    the weights its run logged: the independent reference for its predictions."""
+    name = f"thermo-net-{uuid.uuid4().hex[:8]}"
+    params = {"model": "mlp", "lr": 1e-3, "epochs": 2000, "val_indices": [7, 10], "variants": ["manual"]}
+    result = train(model_name=name, experiment=f"exp-{name}", **params)
+    assert result["promotion"]["decision"] == "first"
+    version = mlflow_server.get_model_version(name, result["promotion"]["version"])
+    weights = mlflow.artifacts.load_dict(f"runs:/{version.run_id}/network.json")["weights"]
+    book = torch.nn.Sequential(torch.nn.Linear(1, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).double()
+    book.load_state_dict({k: torch.tensor(v, dtype=torch.float64) for k, v in weights.items()})
+
+    def celsius(t_u: list[float]) -> list[float]:
+        with torch.no_grad():
+            return book(0.1 * torch.tensor(t_u, dtype=torch.float64).unsqueeze(1)).squeeze(1).tolist()
+
+    return name, version.version, celsius
+
+
+def test_a_network_champion_predicts_in_batch_and_serves_in_celsius(network_champion, write, tmp_path):
+    name, version, celsius = network_champion
+    data = write("readings.csv", READINGS)
+    result = predict(data=data, model_name=name)
+    frame = pd.read_csv(result["output"])
+    assert result["model_version"] == version and set(frame["model_version"]) == {f"{name}/{version}"}
+    assert frame["t_c_predicted"].tolist() == pytest.approx(celsius(frame["t_u"].tolist()), abs=1e-9)
+    assert served(name, tmp_path, [35.7, 81.9]) == pytest.approx(celsius([35.7, 81.9]), abs=1e-9)
+
+
+def test_a_network_holds_no_pickle_and_a_tampered_one_is_refused(network_champion, tmp_path, monkeypatch):
+    name, version, celsius = network_champion
+    local = Path(
+        mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=str(tmp_path / "m"))
+    )
+    files = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
+    assert "data/mlp/weights.pt" in files and "data/mlp/model.json" in files
+    assert not [f for f in files if f.endswith((".pkl", ".pickle", ".cloudpickle"))]
+    meta = json.loads((local / "data" / "mlp" / "model.json").read_text())
+    assert meta["architecture"] == {"model": "mlp", "features": 1, "hidden": 8, "activation": "tanh"}
+    model = mlflow.pyfunc.load_model(str(local))
+    assert model.predict(pd.DataFrame({"t_u": [50.0]}))["t_c"].tolist() == pytest.approx(celsius([50.0]))
+
+    marker = tmp_path / "pwned"
+    monkeypatch.setenv("THERMO_PWNED", str(marker))
+    weights = local / "data" / "mlp" / "weights.pt"
+    state = dict(torch.load(weights, weights_only=True))
+    state["0.weight"] = _Exploit()
+    torch.save(state, weights)
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        mlflow.pyfunc.load_model(str(local))
+    assert not marker.exists()
+    unsafe = f"import torch; torch.load({str(weights)!r}, weights_only=False)"
+    subprocess.run([sys.executable, "-c", unsafe], capture_output=True)
+    assert marker.exists()  # plain unpickling would have run the command

@@ -120,3 +120,19 @@ def test_a_model_of_other_inputs_is_not_registered_under_the_same_name(mlflow_se
     other = run(name, data=str(data), features=["a", "b"], target="y", epochs=100).result()["promotion"]
     assert other["decision"] == "blocked" and "takes ['t_u'], this model takes ['a', 'b']" in other["message"]
     assert versions(mlflow_server, name) == ["1"] and champion(mlflow_server, name) == "1"
+
+
+def test_a_network_challenges_a_line_champion_on_the_same_rows(mlflow_server, name):
+    rows = {"val_indices": [7, 10], "variants": ["manual"]}
+    line = run(name, epochs=1000, **rows).result()["promotion"]
+    assert line["decision"] == "first"
+    net = run(name, model="mlp", lr=1e-3, epochs=5000, **rows).result()["promotion"]
+    # the line's champion is scored again, through the same pyfunc interface, on the same two rows
+    assert net["champion_mse"] == pytest.approx(line["challenger_mse"], rel=1e-12)
+    assert net["challenger_mse"] < net["champion_mse"]  # the book's network beats a 1000-epoch line there
+    assert net["decision"] == "promoted" and champion(mlflow_server, name) == net["version"] == "2"
+    tags = mlflow_server.get_model_version(name, "2").tags
+    assert tags["promotion.champion_version"] == "1" and tags["promotion.rows"] == "2 validation"
+    back = run(name, epochs=5000, **rows).result()["promotion"]  # and a line challenges the network
+    assert back["champion_mse"] == pytest.approx(net["challenger_mse"], rel=1e-12)
+    assert back["decision"] == ("promoted" if back["challenger_mse"] < back["champion_mse"] else "kept")

@@ -205,7 +205,7 @@ def test_every_deployment_exists_with_its_cron_schedule_and_upcoming_runs(stack,
 
     specs = {d["name"]: d for d in deployed["deployments"]}
     expected = {name: spec for name, spec in specs.items() if spec.get("schedules")}
-    assert set(expected) == {"nightly", "weekly-adam", "lr-map"}
+    assert set(expected) == {"nightly", "weekly-adam", "weekly-mlp", "lr-map"}
     deadline = time.monotonic() + 90
     while True:
         deployments, upcoming = stack.api(read)

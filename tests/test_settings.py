@@ -43,6 +43,11 @@ MODELS = {
         ("model_name=null", {"model_name": None}),
         ("experiment=2024", {"experiment": "2024"}),  # a text setting stays text
         ("data=data/my file.csv", {"data": "data/my file.csv"}),
+        ("model=mlp", {"model": "mlp"}),
+        ("hidden=13", {"hidden": 13}),
+        ("activation=relu", {"activation": "relu"}),
+        ("val_indices=[7,10]", {"val_indices": [7, 10]}),
+        ("val_indices=null", {"val_indices": None}),
     ],
 )
 def test_command_line_values_read_as_the_setting_expects(pair, expected):

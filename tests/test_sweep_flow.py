@@ -119,6 +119,17 @@ def test_a_bad_space_is_refused_before_any_work(mlflow_client, space, key):
 
 
 @pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.parametrize(
+    "params",
+    [{"model": "mlp", "space": {"lr": [1e-3]}}, {"space": {"lr": [1e-3], "model": ["linear", "mlp"]}}],
+)
+def test_a_network_sweep_is_refused_before_any_work_the_engine_trains_the_line(mlflow_client, params):
+    state, experiment = run_sweep(epochs=10, **params)
+    assert state.is_failed() and "model: the sweep engine trains the line" in state.message, state.message
+    assert mlflow_client.get_experiment_by_name(experiment) is None
+
+
+@pytest.mark.usefixtures("prefect_harness")
 def test_a_sweep_where_every_trial_diverges_fails_and_says_so(mlflow_client):
     state, experiment = run_sweep(
         space={"lr": [1e-2, 1e-1]}, normalize="none", val_fraction=0.0, epochs=100, optimizer="SGD"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
@@ -74,6 +75,12 @@ def test_train_and_evaluate_tasks_on_the_books_setting():
         ({"variants": ["manual", "newton"]}, "variants.1: Input should be 'manual'"),
         ({"init": {"weight": [1.0, 2.0]}}, "2 weights for 1 features"),
         ({"epoch": 10}, "epoch: Extra inputs are not permitted"),
+        ({"model": "mlp", "init": {"weight": 2.0}}, "init sets the line's starting parameters"),
+        ({"model": "cnn"}, "model: Input should be 'linear' or 'mlp'"),
+        ({"hidden": 0}, "hidden: Input should be greater than or equal to 1"),
+        ({"activation": "gelu"}, "activation: Input should be 'tanh', 'relu' or 'sigmoid'"),
+        ({"val_indices": [7, 7]}, "val_indices: lists a row twice: [7, 7]"),
+        ({"val_indices": [-1]}, "val_indices.0: Input should be greater than or equal to 0"),
     ],
 )
 def test_settings_are_checked_before_anything_runs(change, pattern):
@@ -93,3 +100,53 @@ def test_reads_retry_while_maths_and_run_creating_writes_do_not():
     writes = (start_tracking, log_variant, finish_tracking, record_predictions)
     for task_ in (prepare_data, train_task, evaluate_variants, *writes):
         assert not task_.retries, task_.name
+
+
+def test_a_network_is_evaluated_without_an_optimum_and_with_its_backward_pass_checked():
+    from tasks.report import outcome_line, summary_rows
+
+    settings = TrainSettings(model="mlp", lr=1e-3, epochs=200, val_indices=[7, 10])
+    loaded = load_dataset.fn(str(DATA), ["t_u"], "t_c")
+    p = prepare_data.fn(loaded, settings)
+    assert p.val_index.tolist() == [7, 10]
+    trained = [train_task.fn(v, p, settings) for v in ("manual", "optimizer")]
+    evaluated = evaluate_variants.fn(trained, p, settings)
+    for t in evaluated:
+        ev = t.evaluation
+        assert not ev.has_optimum and math.isnan(ev.optimum_gap)
+        assert ev.grad_check_init < 1e-12 and ev.grad_check_final < 1e-12
+        assert ev.train["mse"] == pytest.approx(
+            t.result.train_loss[-1], rel=0.05
+        )  # after vs before the update
+        assert "gap to optimum none" in outcome_line(t)
+    row = summary_rows(evaluated, [])[0]
+    assert row["gap to optimum"] == "none" and row["params"] == "25 values (see the MLflow run)"
+
+    line = TrainSettings(epochs=200, val_indices=[7, 10])
+    [evaluated] = evaluate_variants.fn([train_task.fn("manual", p, line)], p, line)
+    assert evaluated.evaluation.has_optimum
+    row = summary_rows([evaluated], [])[0]
+    assert float(row["gap to optimum"]) > 0 and len(row["params"].split(", ")) == 2
+
+
+def test_the_fit_plot_draws_the_model_over_the_books_range_with_the_data():
+    from tasks.plots import fit_plot, plot_range
+    from training import network
+    from training.architecture import Architecture
+    from training.normalize import Normalizer
+    from training.serving import Predictor
+
+    assert plot_range([21.8, 81.9]) == (20, 90)  # the thermometer's t_u: the book's figure
+    assert plot_range([0.12, 0.93]) == pytest.approx((0.1, 1.0)) and plot_range([3.0, 3.0]) == (2.0, 4.0)
+    loaded = load_dataset.fn(str(DATA), ["t_u"], "t_c")
+    p = prepare_data.fn(loaded, TrainSettings(val_indices=[7, 10]))
+    normalizer = Normalizer("scale", ("t_u",), (0.0,), (0.1,))
+    predictor = Predictor(network.seeded_init(1, 8, 0), normalizer, "t_c", "manual", Architecture.network(1))
+    ax = fit_plot(predictor, p.train_frame, p.val_frame).axes[0]
+    [curve] = ax.lines
+    assert (curve.get_xdata().min(), curve.get_xdata().max()) == (20, 90)
+    expected = predictor.predict({"t_u": curve.get_xdata()})["t_c"].to_numpy()
+    assert curve.get_ydata() == pytest.approx(expected)
+    points = sorted(tuple(xy) for c in ax.collections[:2] for xy in c.get_offsets().tolist())
+    assert points == sorted(zip(loaded.frame["t_u"], loaded.frame["t_c"], strict=True))  # every reading
+    assert "network 1-8-1, tanh" in ax.get_title()

@@ -1,4 +1,4 @@
-"""Pure training library: data validation, normalisation, the linear model and its three training loops.
+"""Pure training library: data validation, normalisation, the line and chapter 6's network, three loops.
 
 Imports torch, pandas/numpy and the standard library only; never prefect or mlflow (a test checks this).
 """

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,6 +184,27 @@ def split_indices(
     return order[: n - n_val], order[n - n_val :]  # the book keeps the last n_val for validation
 
 
+def chosen_split(
+    n: int, val_indices: Sequence[int], source: str = "<data>"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The validation rows named by position (0 = the first data row), the other rows for training.
+
+    The training rows keep the file's order; the validation rows keep the order given. With the book's
+    ``[7, 10]`` on the thermometer data this is chapter 6's split.
+
+    Raises:
+        DataError: for a position beyond the table, or fewer than two rows left for training.
+    """
+    beyond = [i for i in val_indices if not 0 <= i < n]
+    if beyond:
+        raise DataError(source, f"val_indices {beyond} are beyond the {n} data rows (positions 0 to {n - 1})")
+    held_out = set(val_indices)
+    train = [i for i in range(n) if i not in held_out]
+    if len(train) < 2:
+        raise DataError(source, f"{n} data rows leave {len(train)} for training; training needs at least 2")
+    return torch.tensor(train, dtype=torch.long), torch.tensor(list(val_indices), dtype=torch.long)
+
+
 @dataclass(frozen=True)
 class Prepared:
     """A train/validation split: normalised inputs (float32), targets, and the rows in original units."""
@@ -204,10 +226,18 @@ class Prepared:
 
 
 def split_frame(
-    frame: pd.DataFrame, val_fraction: float, seed: int, source: str = "<data>"
+    frame: pd.DataFrame,
+    val_fraction: float,
+    seed: int,
+    source: str = "<data>",
+    val_indices: Sequence[int] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, torch.Tensor, torch.Tensor]:
-    """The training and validation rows (re-indexed from 0) and their positions in ``frame``."""
-    train_idx, val_idx = split_indices(len(frame), val_fraction, seed, source=source)
+    """The training and validation rows (re-indexed from 0) and their positions in ``frame``: the rows
+    ``val_indices`` names, else a seeded ``val_fraction`` of them."""
+    if val_indices is not None:
+        train_idx, val_idx = chosen_split(len(frame), val_indices, source=source)
+    else:
+        train_idx, val_idx = split_indices(len(frame), val_fraction, seed, source=source)
     train = frame.iloc[train_idx.numpy()].reset_index(drop=True)
     return train, frame.iloc[val_idx.numpy()].reset_index(drop=True), train_idx, val_idx
 
@@ -221,9 +251,11 @@ def prepare(
     val_fraction: float,
     seed: int,
     source: str = "<data>",
+    val_indices: Sequence[int] | None = None,
 ) -> Prepared:
-    """Split the rows with the seed, fit normalisation on the training rows only, apply it to both splits."""
-    train_frame, val_frame, train_idx, val_idx = split_frame(frame, val_fraction, seed, source)
+    """Split the rows (with the seed, or as ``val_indices`` names them), fit normalisation on the training
+    rows only, apply it to both splits."""
+    train_frame, val_frame, train_idx, val_idx = split_frame(frame, val_fraction, seed, source, val_indices)
     x_train, y_train = to_tensors(train_frame, features, target)
     x_val, y_val = to_tensors(val_frame, features, target)
     normalizer = fit_normalizer(x_train, features, normalize, scale, source=source)

@@ -39,7 +39,7 @@ class Trained:
 def train_variant(
     variant: str, prepared: Prepared, config: TrainingConfig, on_epoch: EpochCallback | None = None
 ) -> Trained:
-    """Train ``variant`` on the prepared split with the configuration's optimiser, schedule and start."""
+    """Train ``variant`` on the prepared split with the configuration's model, optimiser, epochs and start."""
     started_ms, t0 = int(time.time() * 1000), time.perf_counter()
     result = train(
         variant,
@@ -53,12 +53,16 @@ def train_variant(
         optimizer=config.optimizer,
         optimizer_options=config.optimizer_options,
         on_epoch=on_epoch,
+        model=config.architecture(),
     )
     return Trained(result=result, started_ms=started_ms, seconds=time.perf_counter() - t0)
 
 
 def evaluate_trained(trained: Trained, prepared: Prepared, config: TrainingConfig, optimum: float) -> Trained:
-    """The same value with its evaluation (unchanged when it diverged: there is nothing to evaluate)."""
+    """The same value with its evaluation (unchanged when it diverged: there is nothing to evaluate).
+
+    ``optimum`` is the line's least-squares training MSE; a network's evaluation reports none.
+    """
     if not trained.converged:
         return trained
     val = (prepared.x_val, prepared.y_val) if prepared.has_val else (None, None)
@@ -69,5 +73,6 @@ def evaluate_trained(trained: Trained, prepared: Prepared, config: TrainingConfi
         prepared.y_train,
         *val,
         best_mse=optimum,
+        model=config.architecture(),
     )
     return replace(trained, evaluation=ev)

@@ -14,11 +14,15 @@ from typing import Annotated, Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from training.architecture import MODELS, Architecture
 from training.errors import ConfigError
 from training.loops import VARIANTS, initial_params, make_optimizer, optimizer_classes
+from training.network import ACTIVATIONS, seeded_init
 from training.normalize import METHODS
 
 Normalize = Literal[METHODS]
+ModelKind = Literal[MODELS]
+Activation = Literal[ACTIVATIONS]
 VariantName = Literal[VARIANTS]
 OptimizerName = Literal[tuple(optimizer_classes())]  # every torch.optim class: a drop-down in the UI
 
@@ -55,7 +59,7 @@ class Settings(BaseModel):
 
 
 class TrainingConfig(Settings):
-    """One training: the data, its split and normalisation, the optimiser, the schedule and the start."""
+    """One training: the data, its split and normalisation, the model, the optimiser, epochs and start."""
 
     data: str = Field(
         "data/thermometer.csv",
@@ -63,10 +67,19 @@ class TrainingConfig(Settings):
         "against the working directory",
     )
     features: Annotated[list[str], Field(min_length=1)] = Field(
-        ["t_u"], description="input columns; the model is linear in all of them, y = x @ w + b"
+        ["t_u"], description="input columns, any number: the model's inputs (the line: y = x @ w + b)"
     )
     target: Annotated[str, Field(min_length=1)] = Field(
         "t_c", description="the column to predict (must not be among features)"
+    )
+    model: ModelKind = Field(
+        "linear",
+        description="linear: the line y = x @ w + b; mlp: chapter 6's network, "
+        "Linear(features, hidden) -> activation -> Linear(hidden, 1)",
+    )
+    hidden: Annotated[int, Field(ge=1)] = Field(8, description="hidden units of the network (model=mlp)")
+    activation: Activation = Field(
+        "tanh", description="the network's activation: tanh, relu or sigmoid (model=mlp)"
     )
     normalize: Normalize = Field(
         "scale",
@@ -79,23 +92,34 @@ class TrainingConfig(Settings):
     val_fraction: Annotated[float, Field(ge=0, lt=1)] = Field(
         0.2, description="share of rows held out, in [0, 1); 0 trains on every row like the book's runs"
     )
-    seed: int = Field(42, description="seeds the split (an explicit torch.Generator)")
+    val_indices: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] | None = Field(
+        None,
+        description="the validation rows by position (0 = first data row), overriding val_fraction; "
+        "e.g. the book's chapter 6 split [7, 10]",
+    )
+    seed: int = Field(
+        42, description="seeds the split and the network's initial weights (explicit torch.Generators)"
+    )
     optimizer: OptimizerName = Field("SGD", description="the torch.optim class of the optimizer variant")
     optimizer_options: dict[str, Any] = Field(
         {}, description='extra arguments for it, e.g. {"momentum": 0.9}'
     )
-    lr: Annotated[float, Field(gt=0)] = Field(1e-2, description="learning rate")
+    lr: Annotated[float, Field(gt=0)] = Field(
+        1e-2, description="learning rate (the book trains its network with 1e-3)"
+    )
     epochs: Annotated[int, Field(ge=1)] = Field(5000, description="updates per variant")
     init: Init = Field(
-        Init(), description='starting parameters {"weight": 1.0, "bias": 0.0}; weight may be a list'
+        Init(),
+        description='the line\'s starting parameters {"weight": 1.0, "bias": 0.0}; weight may be a list '
+        "(the network starts from nn.Linear's default init, seeded by seed)",
     )
 
-    @field_validator("features")
+    @field_validator("features", "val_indices")
     @classmethod
-    def _distinct(cls, features: list[str]) -> list[str]:
-        if len(set(features)) != len(features):
-            raise ValueError(f"lists a column twice: {features}")
-        return features
+    def _distinct(cls, values: list | None) -> list | None:
+        if values is not None and len(set(values)) != len(values):
+            raise ValueError(f"lists a {'column' if isinstance(values[0], str) else 'row'} twice: {values}")
+        return values
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainingConfig:
@@ -103,6 +127,11 @@ class TrainingConfig(Settings):
             raise ValueError(f"the target {self.target!r} is also listed in features {self.features}")
         if isinstance(self.init.weight, list) and len(self.init.weight) != len(self.features):
             raise ValueError(f"init has {len(self.init.weight)} weights for {len(self.features)} features")
+        if self.model == "mlp" and self.init != Init():
+            raise ValueError(
+                "init sets the line's starting parameters; the network (model=mlp) starts from nn.Linear's "
+                "default init seeded by seed: change seed instead"
+            )
         try:
             make_optimizer(
                 self.optimizer, [torch.zeros(1, requires_grad=True)], self.lr, self.optimizer_options
@@ -111,19 +140,32 @@ class TrainingConfig(Settings):
             raise ValueError(str(exc)) from None
         return self
 
+    def architecture(self) -> Architecture:
+        """The model these settings train."""
+        if self.model == "linear":
+            return Architecture.line(len(self.features))
+        return Architecture.network(len(self.features), self.hidden, self.activation)
+
     def initial_params(self) -> torch.Tensor:
-        """The starting ``[w..., b]`` (k + 1,)."""
-        return initial_params(len(self.features), self.init.weight, self.init.bias)
+        """The flat starting parameters: the line's ``[w..., b]`` (k + 1,) from ``init``; the network's
+        from ``nn.Linear``'s default init drawn from a generator seeded by ``seed``."""
+        if self.model == "linear":
+            return initial_params(len(self.features), self.init.weight, self.init.bias)
+        return seeded_init(len(self.features), self.hidden, self.seed)
 
     def as_params(self) -> dict[str, Any]:
-        """The settings as a flat dict of simple values (for tracking and reports)."""
+        """The settings that shape this training as a flat dict of simple values (for tracking and reports):
+        the network's ``hidden`` and ``activation`` only for the network, ``init`` only for the line."""
         params = self.model_dump()
         init = params.pop("init")
-        return {**params, "init_weight": init["weight"], "init_bias": init["bias"]}
+        if self.model == "linear":
+            del params["hidden"], params["activation"]
+            return {**params, "init_weight": init["weight"], "init_bias": init["bias"]}
+        return params
 
 
 Experiment = Annotated[str, Field(min_length=1, description="MLflow experiment")]
-ModelName = Annotated[
+RegisteredModel = Annotated[
     Annotated[str, Field(min_length=1)] | None,
     Field(description="registered model that the best model is registered under; null skips registration"),
 ]
@@ -143,7 +185,7 @@ class TrainSettings(TrainingConfig):
         list(VARIANTS), description="any of manual, autograd, optimizer"
     )
     experiment: Experiment = "thermometer"
-    model_name: ModelName = "thermometer"
+    model_name: RegisteredModel = "thermometer"
     max_val_rmse: MaxValRmse = None
 
     @field_validator("variants")
@@ -202,7 +244,7 @@ class SweepSettings(TrainingConfig):
         None, description="optuna: a database URL for studies (null: SQLite optuna.db in the state directory)"
     )
     experiment: Experiment = "thermometer-sweep"
-    model_name: ModelName = "thermometer"
+    model_name: RegisteredModel = "thermometer"
     max_val_rmse: MaxValRmse = None
 
     def base(self) -> TrainingConfig:
