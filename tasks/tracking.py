@@ -269,9 +269,7 @@ def log_model(run_id: str, experiment_id: str, predictor: Predictor, input_examp
     """Log ``predictor`` as an MLflow pyfunc model of the run and return its ``models:/`` URI.
 
     The model directory holds a tensor state dict and JSON (see ``training.serving``); MLflow loads it
-    through ``loader_module``, so no Python object is pickled or unpickled. MLflow's own check of the input
-    example (load the model just saved and predict on it) is skipped: it cost a second per model, and the
-    registry step loads every registered model and predicts with it through the same interface.
+    through ``loader_module``, so no Python object is pickled or unpickled.
     """
     signature = ModelSignature(
         inputs=Schema([ColSpec("double", f) for f in predictor.features]),
@@ -293,7 +291,6 @@ def log_model(run_id: str, experiment_id: str, predictor: Predictor, input_examp
             data_path=str(data_path),
             signature=signature,
             input_example=input_example,
-            validate_serving_input=False,
             pip_requirements=_pip_requirements(),
         )
     return info.model_uri
