@@ -32,8 +32,11 @@ class EveryTrialDiverged(RuntimeError):
 
 @flow(name="sweep-chunks", description="Chunks of a sweep's trials as Prefect tasks on a Dask cluster.")
 def dask_chunks(jobs: list[s.Job]) -> list[dict[str, Any]]:
-    """Submit every chunk; the task runner (prefect-dask's) spreads them over the cluster's workers."""
-    return [future.result() for future in [s.train_chunk.submit(quote(job)) for job in jobs]]
+    """Submit every chunk; the task runner (prefect-dask's) spreads them over the cluster's workers.
+
+    The jobs go unquoted: on a Dask worker Prefect names the task run before it unwraps ``quote``.
+    """
+    return [future.result() for future in [s.train_chunk.submit(job) for job in jobs]]
 
 
 @contextlib.contextmanager
