@@ -13,6 +13,7 @@ import os
 import sys
 import threading
 from contextlib import nullcontext
+from pathlib import Path
 
 from flows.parameters import help_text, parse_args
 from tasks import environment
@@ -31,6 +32,8 @@ def _start_temporary_api() -> None:
     """Start the temporary local API that the flow's Prefect client would start (the same instance)."""
     from prefect.server.api.server import SubprocessASGIServer
 
+    # its database lives in PREFECT_HOME, which the importing client has not necessarily created yet
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     SubprocessASGIServer().start()
 
 

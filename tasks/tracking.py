@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,6 +38,7 @@ T = TypeVar("T")
 MODEL_NAME = "model"  # the logged model's name inside its run
 LOADER_MODULE = "training.serving"
 BATCH = 1000  # metrics per log_batch request (the server's limit)
+SENDERS = 8  # log_batch requests in flight at once against a tracking server
 CURVE_POINTS = 10_000  # the most points of one curve in a run's metric history (every epoch up to this)
 # Model.log validates the input example inside a context manager that sets and then deletes the process-wide
 # variable _MLFLOW_IS_IN_SERVING_ENVIRONMENT; two threads doing it at once raise KeyError. One at a time.
@@ -162,8 +164,7 @@ def log_curves(run_id: str, curves: Mapping[str, Sequence[float]]) -> int:
 
     A curve longer than ``CURVE_POINTS`` keeps that many epochs, evenly spaced (MLflow's charts draw 320
     points anyway); ``log_curve_table`` keeps every epoch. Non-finite points (the epoch a run diverged at) are
-    not stored: MLflow cannot plot them. The batches go out concurrently (MLflow's asynchronous logging) and
-    this returns once the server has every one.
+    not stored: MLflow cannot plot them. Against a tracking server the batches go out concurrently.
     """
     now = _now_ms()
     batch = [
@@ -172,7 +173,7 @@ def log_curves(run_id: str, curves: Mapping[str, Sequence[float]]) -> int:
         for epoch in history_epochs(len(values))
         if math.isfinite(values[epoch - 1])
     ]
-    _log_metric_batches(run_id, batch, synchronous=False)
+    _log_metric_batches(run_id, batch, concurrent=tracking_uri().startswith(("http://", "https://")))
     return len(batch)
 
 
@@ -188,15 +189,21 @@ def log_curve_table(run_id: str, curves: Mapping[str, Sequence[float]]) -> None:
         client().log_artifact(run_id, str(path))
 
 
-def _log_metric_batches(run_id: str, metrics: list[Metric], synchronous: bool = True) -> None:
+def _log_metric_batches(run_id: str, metrics: list[Metric], concurrent: bool = False) -> None:
+    """``log_batch`` requests of ``BATCH`` metrics; with ``concurrent``, up to ``SENDERS`` at a time.
+
+    Our own threads, not MLflow's asynchronous logging: its queue is one per store, and ending any run
+    shuts it down, failing the batches that another variant's thread has in flight.
+    """
     c = client()
-    pending = [
-        c.log_batch(run_id, metrics=metrics[start : start + BATCH], synchronous=synchronous)
-        for start in range(0, len(metrics), BATCH)
-    ]
-    for operation in pending:
-        if operation is not None:
-            operation.wait()
+    parts = [metrics[start : start + BATCH] for start in range(0, len(metrics), BATCH)]
+    if not concurrent or len(parts) < 2:
+        for part in parts:
+            c.log_batch(run_id, metrics=part)
+        return
+    with ThreadPoolExecutor(max_workers=min(SENDERS, len(parts))) as pool:
+        for future in [pool.submit(c.log_batch, run_id, metrics=part) for part in parts]:
+            future.result()
 
 
 def log_figure(run_id: str, figure: Figure, filename: str) -> None:

@@ -29,10 +29,11 @@ def run(args: list[str], env: dict[str, str], timeout: float = 240) -> str:
 
 
 def test_ui_servers_show_earlier_runs_take_new_ones_and_stop_cleanly(tmp_path):
-    env = subprocess_env(tmp_path, PIPELINE_DETECT_SERVERS="true")  # as a user's shell: servers are found
+    home = tmp_path / "fresh" / "state"  # not there yet: the first run creates it
+    env = subprocess_env(home, PIPELINE_DETECT_SERVERS="true")  # as a user's shell: servers are found
     train = ["-m", "flows.run", "train", "epochs=30", 'variants=["manual"]']
 
-    # 1. make run with embedded defaults: no server, no traceback
+    # 1. make run with embedded defaults on a new state directory: no server, no traceback
     first = run(train, env)
     assert "Traceback" not in first and "Finished in state Completed()" in first
 
@@ -52,7 +53,7 @@ def test_ui_servers_show_earlier_runs_take_new_ones_and_stop_cleanly(tmp_path):
             env,
         )
         assert f"http://127.0.0.1:{prefect_port}" in printed and f"http://127.0.0.1:{mlflow_port}" in printed
-        state = {n: json.loads((tmp_path / ".run" / f"{n}.json").read_text()) for n in ("prefect", "mlflow")}
+        state = {n: json.loads((home / ".run" / f"{n}.json").read_text()) for n in ("prefect", "mlflow")}
 
         mlflow = MlflowClient(f"http://127.0.0.1:{mlflow_port}")
         experiment = mlflow.get_experiment_by_name("thermometer")
@@ -69,7 +70,7 @@ def test_ui_servers_show_earlier_runs_take_new_ones_and_stop_cleanly(tmp_path):
         stopped = run(["-m", "ops.servers", "down"], env)
     assert "prefect" in stopped and "mlflow" in stopped
     assert not any(servers.alive(s["pid"]) for s in state.values())
-    assert not list((tmp_path / ".run").glob("*.json"))
+    assert not list((home / ".run").glob("*.json"))
 
 
 def prefect_flow_runs(api_url: str) -> list[str]:
