@@ -25,11 +25,18 @@ class LoadedData:
     digest: str  # SHA-256 of the file's bytes
 
 
-def retry_unless(*permanent: type[BaseException]):
-    """A retry condition for I/O tasks: retry any failure but the ``permanent`` ones (bad data stays bad)."""
+class DataUnavailable(DataError):
+    """The data file is not there (yet): a copy or a sync still under way may bring it before a later attempt,
+    whereas a file that is there and bad stays bad."""
+
+
+def retry_unless(*permanent: type[BaseException], transient: tuple[type[BaseException], ...] = ()):
+    """A retry condition for I/O tasks: retry any failure but the ``permanent`` ones (bad data stays bad),
+    unless it is also one of the ``transient`` kinds."""
 
     def condition(task, task_run, state) -> bool:
-        return not isinstance(state.result(raise_on_failure=False), permanent)
+        error = state.result(raise_on_failure=False)
+        return isinstance(error, transient) or not isinstance(error, permanent)
 
     return condition
 
@@ -39,7 +46,7 @@ def retry_unless(*permanent: type[BaseException]):
     task_run_name="load-dataset",
     retries=2,
     retry_delay_seconds=1,
-    retry_condition_fn=retry_unless(DataError),
+    retry_condition_fn=retry_unless(DataError, transient=(DataUnavailable,)),
     cache_policy=NO_CACHE,
 )
 def load_dataset(
@@ -47,6 +54,8 @@ def load_dataset(
 ) -> LoadedData:
     """Read and validate the data file and record its content hash."""
     source = path if "://" in path else str(Path(path).expanduser().resolve())
+    if "://" not in source and not Path(source).exists():
+        raise DataUnavailable(source, "file not found")  # retried, unlike the library's other DataErrors
     frame = load_table(source, features, target, keep_other_columns, allow_urls=environment.allow_urls())
     digest = file_digest(source) if "://" not in source else "url:" + source
     get_run_logger().info("Loaded %d rows from %s (sha256 %s)", len(frame), source, digest[:12])

@@ -19,12 +19,13 @@ Faults, settable at any time from any thread (``path`` is a regular expression s
 path without its query string, so a plain fragment such as ``"/runs/create"`` matches; ``method`` an HTTP
 method; ``None`` matches everything):
 
-- ``fail_next(n, status=503, path=None, method=None)``: answer the next ``n`` matching requests with
-  ``status`` and a JSON error body; they are never forwarded. Rules are consumed in the order they were set.
-- ``drop_after(path, method=None)``: forward the first matching request and deliver its response, then behave
-  as if the server vanished: every later request, on a new or a kept-alive connection, is read and its
-  connection reset (RST, no answer), and a forwarded request whose answer comes back after the vanish gets
-  no answer either. Lasts until ``heal()``.
+- ``fail_next(n, status=503, path=None, method=None, skip=0)``: let ``skip`` matching requests pass, then
+  answer the next ``n`` with ``status`` and a JSON error body; they are never forwarded. Rules are consumed in
+  the order they were set.
+- ``drop_after(path, method=None, skip=0)``: let ``skip`` matching requests through, forward the next one
+  and deliver its response, then behave as if the server vanished: every later request, on a new or a
+  kept-alive connection, is read and its connection reset (RST, no answer), and a forwarded request whose
+  answer comes back after the vanish gets no answer either. Lasts until ``heal()``.
 - ``cut_now()``: the same vanish, at once.
 - ``delay(seconds, path=None, method=None)``: hold each matching request that long before forwarding it.
   ``held`` says how many requests are being held now; ``heal()`` releases them at once.
@@ -89,6 +90,7 @@ class _Rule:
     status: int = 0  # fail_next: the status to answer
     remaining: int = 0  # fail_next: how many more requests to answer
     seconds: float = 0.0  # delay: how long to hold
+    skip: int = 0  # fail_next, drop_after: matching requests still to let through before acting
 
     def matches(self, method: str, path: str) -> bool:
         if self.method is not None and self.method.upper() != method.upper():
@@ -162,16 +164,17 @@ class FaultProxy:
     # --- faults -------------------------------------------------------------------------------------------
 
     def fail_next(
-        self, n: int, status: int = 503, path: str | None = None, method: str | None = None
+        self, n: int, status: int = 503, path: str | None = None, method: str | None = None, skip: int = 0
     ) -> None:
-        """Answer the next ``n`` matching requests with ``status`` without forwarding them."""
+        """Let ``skip`` matching requests pass; answer the next ``n`` with ``status``, never forwarded."""
         with self._lock:
-            self._fails.append(_rule(path, method, status=status, remaining=n))
+            self._fails.append(_rule(path, method, status=status, remaining=n, skip=skip))
 
-    def drop_after(self, path: str, method: str | None = None) -> None:
-        """Forward the next matching request and deliver its answer, then vanish until ``heal()``."""
+    def drop_after(self, path: str, method: str | None = None, skip: int = 0) -> None:
+        """Let ``skip`` matching requests through; forward the next one and deliver its answer, then vanish
+        until ``heal()``."""
         with self._lock:
-            self._drop = _rule(path, method)
+            self._drop = _rule(path, method, skip=skip)
 
     def cut_now(self) -> None:
         """Vanish now: reset every connection on its next request until ``heal()``."""
@@ -252,13 +255,19 @@ class FaultProxy:
                 return "reset", 0, 0.0, self._release
             for rule in self._fails:
                 if rule.remaining > 0 and rule.matches(method, path):
+                    if rule.skip > 0:
+                        rule.skip -= 1
+                        continue
                     rule.remaining -= 1
                     return "fail", rule.status, 0.0, self._release
             self._fails = [r for r in self._fails if r.remaining > 0]
             seconds = max((r.seconds for r in self._delays if r.matches(method, path)), default=0.0)
             if self._drop is not None and self._drop.matches(method, path):
-                self._drop = None
-                return "trigger", 0, seconds, self._release
+                if self._drop.skip > 0:
+                    self._drop.skip -= 1
+                else:
+                    self._drop = None
+                    return "trigger", 0, seconds, self._release
             return "forward", 0, seconds, self._release
 
     def _answer_allowed(self, trigger: bool) -> bool:

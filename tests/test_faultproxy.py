@@ -148,6 +148,17 @@ def test_fail_next_matches_only_its_path(client, proxy):
     assert proxy.count("/experiments/get", forwarded=True) == 1
 
 
+def test_fail_next_with_skip_lets_the_first_matches_through(client, proxy):
+    exp = experiment(client)
+    proxy.fail_next(1, status=503, path=CREATE, skip=1)
+    client.create_run(exp)
+    with pytest.raises(MlflowException, match="503"):
+        client.create_run(exp)
+    client.create_run(exp)  # the rule is spent
+    statuses = [(e.status, e.forwarded) for e in proxy.exchanges(CREATE)]
+    assert statuses == [(200, True), (503, False), (200, True)]
+
+
 def test_drop_after_create_leaves_the_run_on_the_server_and_the_next_request_fails(client, upstream, proxy):
     exp = experiment(client)
     proxy.drop_after(CREATE)
@@ -169,6 +180,22 @@ def test_drop_after_create_leaves_the_run_on_the_server_and_the_next_request_fai
     client.log_param(run, "lr", "0.01")  # the same client works again
     assert upstream.get_run(run).data.params == {"lr": "0.01"}
     assert proxy.count(CREATE, forwarded=True) == 1
+
+
+def test_drop_after_with_skip_lets_the_first_matches_through(client, upstream, proxy):
+    exp = experiment(client)
+    proxy.drop_after(CREATE, skip=1)
+
+    first = client.create_run(exp).info.run_id  # let through: the proxy still forwards everything
+    client.log_param(first, "lr", "0.01")
+    second = client.create_run(exp).info.run_id  # the trigger: its answer is delivered, then the vanish
+    with pytest.raises(MlflowException):
+        client.log_param(second, "lr", "0.01")
+
+    assert sorted(r.info.run_id for r in upstream.search_runs([exp])) == sorted([first, second])
+    assert upstream.get_run(first).data.params == {"lr": "0.01"}
+    assert upstream.get_run(second).data.params == {}
+    assert proxy.count(CREATE, forwarded=True) == 2
 
 
 def test_cut_now_fails_every_request_until_heal(client, proxy):
