@@ -162,6 +162,12 @@ def test_constant_feature_is_refused(method):
         fit_normalizer(x, ["a", "b"], method, source="f.csv")
 
 
+def test_features_in_any_order_of_the_files_columns():
+    frame = pd.DataFrame({"a": [1.0, 2.0], "b": [3.0, 4.0], "c": [5.0, 6.0], "y": [0.0, 1.0]})
+    x, y = to_tensors(frame, ["c", "a"], "y")
+    assert x.tolist() == [[5.0, 1.0], [6.0, 2.0]] and y.tolist() == [0.0, 1.0]
+
+
 def test_statistics_come_from_the_training_rows_only():
     frame = load_table(DATA, ["t_u"], "t_c")
     train_idx, _ = split_indices(len(frame), 0.2, seed=42)

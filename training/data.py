@@ -152,7 +152,8 @@ def to_tensors(
     frame: pd.DataFrame, features: list[str], target: str, dtype: torch.dtype = torch.float32
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Split a validated frame into inputs ``(n, features)`` and targets ``(n,)``."""
-    x = torch.tensor(frame[features].to_numpy(), dtype=dtype)  # (n, features)
+    # features in another order than the frame's columns come out of pandas with a negative stride
+    x = torch.tensor(np.ascontiguousarray(frame[features].to_numpy()), dtype=dtype)  # (n, features)
     y = torch.tensor(frame[target].to_numpy(), dtype=dtype)  # (n,)
     return x, y
 
