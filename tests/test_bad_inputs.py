@@ -35,8 +35,20 @@ CASES = [
     ("overflow.csv", {}, "column 't_u': value 1e+30 in data row 2 is too large to train on"),
     ("single_row.csv", {"val_fraction": 0.0}, "1 data rows leave 1 for training; training needs at least 2"),
     ("single_row.csv", {}, "1 data rows are too few for val_fraction=0.2"),
-    ("constant_feature.csv", {"normalize": "zscore"}, "column 't_u': is constant on the training split"),
-    ("constant_feature.csv", {"normalize": "minmax"}, "column 't_u': is constant on the training split"),
+    *(
+        ("constant_feature.csv", {"normalize": method}, "column 't_u': is constant on the training split")
+        for method in ("none", "scale", "zscore", "minmax")
+    ),
+    (
+        "duplicate_feature.csv",
+        {"features": ["t_u", "t_u_again"]},
+        "column 't_u_again': is identical to column 't_u' on the training split",
+    ),
+    (
+        "feature_is_target.csv",
+        {"features": ["t_u", "celsius"]},
+        "column 'celsius': is identical to the target 't_c' on the training split",
+    ),
     ("wrong_types.parquet", {}, "column 't_u': non-numeric value 'abc' in data row 2"),
     ("a_directory", {}, "is a directory; expected a CSV or Parquet file"),
 ]
