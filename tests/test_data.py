@@ -9,7 +9,9 @@ from torch.testing import assert_close
 
 from training.data import chosen_split, file_digest, load_table, prepare, split_indices, to_tensors
 from training.errors import DataError
+from training.model import least_squares
 from training.normalize import Normalizer, fit_normalizer
+from training.serving import Predictor
 
 from .conftest import DATA
 
@@ -155,11 +157,74 @@ def test_normalisation_methods():
     assert_close(m.max(0).values, torch.ones(2))
 
 
-@pytest.mark.parametrize("method", ["zscore", "minmax"])
-def test_constant_feature_is_refused(method):
+# a informs; b is constant, a copy of a or a copy of y on the training rows 0-4, but not on row 5
+UNINFORMATIVE = [
+    ("constant", "a,b,y\n1,5,2\n2,5,4\n4,5,7\n7,5,9\n8,5,13\n3,6,5\n", "is constant on the training split"),
+    ("duplicate", "a,b,y\n1,1,2\n2,2,4\n4,4,7\n7,7,9\n8,8,13\n3,9,5\n", "is identical to column 'a'"),
+    ("target", "a,b,y\n1,2,2\n2,4,4\n4,7,7\n7,9,9\n8,13,13\n3,1,5\n", "is identical to the target 'y'"),
+]
+
+
+@pytest.mark.parametrize("method", ["none", "scale", "zscore", "minmax"])
+@pytest.mark.parametrize(("case", "content", "problem"), UNINFORMATIVE, ids=[c[0] for c in UNINFORMATIVE])
+def test_an_uninformative_feature_on_the_training_split_is_refused(write, method, case, content, problem):
+    path = write(f"{case}.csv", content)
+    frame = load_table(path, ["a", "b"], "y")
+    with pytest.raises(DataError) as info:
+        prepare(frame, ["a", "b"], "y", method, 0.1, 0.5, seed=0, source=path, val_indices=[5])
+    assert str(info.value).startswith(f"{path}: column 'b': {problem}"), str(info.value)
+    assert info.value.source == path and info.value.column == "b"
+    # the validation row does not rescue it, and is all that made it fail: with row 5 training too, it trains
+    prepare(frame, ["a", "b"], "y", method, 0.1, 0.0, seed=0, source=path)
+
+
+@pytest.mark.parametrize("method", ["none", "scale", "zscore", "minmax"])
+def test_two_identical_features_are_both_named_and_a_constant_one_comes_first(write, method):
+    path = write("copies.csv", "a,b,c,d,y\n1,3,1,5,2\n2,3,2,5,4\n4,3,4,5,1\n")
+    frame = load_table(path, ["a", "b", "c", "d"], "y")
+    for features, column, other in ((["a", "c"], "c", "a"), (["c", "a"], "a", "c")):
+        with pytest.raises(DataError) as info:
+            prepare(frame, features, "y", method, 0.1, 0.0, seed=0, source=path)
+        assert str(info.value).startswith(
+            f"{path}: column '{column}': is identical to column '{other}' on the training split"
+        ), str(info.value)
+    with pytest.raises(DataError) as info:
+        prepare(frame, ["a", "c", "d", "b"], "y", method, 0.1, 0.0, seed=0, source=path)
+    assert str(info.value).startswith(
+        f"{path}: column 'd': is constant on the training split (all 3 training rows hold 5)"
+    ), str(info.value)
+
+
+def test_the_normalizer_still_refuses_to_divide_by_zero():
     x = torch.tensor([[1.0, 5.0], [2.0, 5.0]])
-    with pytest.raises(DataError, match=f"f.csv: column 'b': is constant.*'{method}'"):
-        fit_normalizer(x, ["a", "b"], method, source="f.csv")
+    for method in ("zscore", "minmax"):
+        with pytest.raises(ValueError, match=f"feature 'b' is constant, so '{method}' would divide by zero"):
+            fit_normalizer(x, ["a", "b"], method)
+
+
+def test_a_constant_column_at_prediction_time_is_fine(write):
+    frame = load_table(DATA, ["t_u"], "t_c")
+    p = prepare(frame, ["t_u"], "t_c", "zscore", 0.1, 0.0, seed=0, source=str(DATA))
+    predictor = Predictor(least_squares(p.x_train, p.y_train), p.normalizer, "t_c")
+    inputs = load_table(write("readings.csv", "t_u\n50\n50\n50\n"), ["t_u"])
+    book = 152075 / 283314 * 50 - 2451344 / 141657  # the book's optimum at t_u = 50
+    assert predictor.predict(inputs)["t_c"].tolist() == pytest.approx([book] * 3, rel=1e-5)
+
+
+def test_a_val_fraction_too_small_for_one_validation_row_is_refused_naming_it():
+    frame = load_table(DATA, ["t_u"], "t_c")
+    with pytest.raises(DataError) as info:
+        prepare(frame, ["t_u"], "t_c", "scale", 0.1, 0.001, seed=0, source=str(DATA))
+    assert str(info.value) == (
+        f"{DATA}: 11 data rows are too few for val_fraction=0.001: it needs at least 1000 rows to hold one "
+        "validation row (or set val_fraction=0)"
+    )
+
+
+def test_features_in_any_order_of_the_files_columns():
+    frame = pd.DataFrame({"a": [1.0, 2.0], "b": [3.0, 4.0], "c": [5.0, 6.0], "y": [0.0, 1.0]})
+    x, y = to_tensors(frame, ["c", "a"], "y")
+    assert x.tolist() == [[5.0, 1.0], [6.0, 2.0]] and y.tolist() == [0.0, 1.0]
 
 
 def test_statistics_come_from_the_training_rows_only():

@@ -77,21 +77,24 @@ def test_pipeline_runs_with_credentials_from_the_environment_and_writes_them_now
         experiment = client.get_experiment_by_name("thermometer")
         runs = client.search_runs([experiment.experiment_id])
         assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
-        written = [logs, (REPO / "prefect.yaml").read_text()]
+        written = {"the flow's output": logs}
         for r in runs:
-            written += [str(r.data.params), str(r.data.tags)]
-            local = client.download_artifacts(r.info.run_id, "", str(tmp_path / r.info.run_id))
-            written += [p.read_bytes().decode("latin-1") for p in Path(local).rglob("*") if p.is_file()]
-        version = client.get_model_version("secure", "1")
-        written.append(str(version.tags))
+            written[f"run {r.info.run_id}'s params and tags"] = str(r.data.params) + str(r.data.tags)
+            client.download_artifacts(r.info.run_id, "", str(tmp_path / r.info.run_id))  # scanned below
+        written["the model version's tags"] = str(client.get_model_version("secure", "1").tags)
     finally:
         del os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]
-    # the artifact store on the server's disk too: every file the run wrote there
-    written += [
-        p.read_bytes().decode("latin-1") for p in (server_dir / "artifacts").rglob("*") if p.is_file()
-    ]
-    assert len(written) > 10
-    assert not [w for w in written if password in w]
+    # every file on disk: the flow's state directory (the temporary Prefect API's SQLite database with the
+    # flow run, its task runs, logs and artifacts; the spool; the downloaded MLflow artifacts) and the MLflow
+    # server's directory (its log, its store, its user database, its artifact store)
+    files = {p: p.read_bytes() for d in (tmp_path, server_dir) for p in d.rglob("*") if p.is_file()}
+    prefect_db = b"".join(
+        c for p, c in files.items() if p.parent == tmp_path / ".prefect" and "prefect.db" in p.name
+    )
+    assert b"secure" in prefect_db  # the database that holds this flow run (model_name=secure)
+    assert server_dir / "mlflow.log" in files and len(files) > 10
+    written |= {str(p): content.decode("latin-1") for p, content in files.items()}
+    assert [where for where, text in written.items() if password in text] == []
 
 
 def test_prefect_server_with_an_auth_string(tmp_path):

@@ -152,7 +152,8 @@ def to_tensors(
     frame: pd.DataFrame, features: list[str], target: str, dtype: torch.dtype = torch.float32
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Split a validated frame into inputs ``(n, features)`` and targets ``(n,)``."""
-    x = torch.tensor(frame[features].to_numpy(), dtype=dtype)  # (n, features)
+    # features in another order than the frame's columns come out of pandas with a negative stride
+    x = torch.tensor(np.ascontiguousarray(frame[features].to_numpy()), dtype=dtype)  # (n, features)
     y = torch.tensor(frame[target].to_numpy(), dtype=dtype)  # (n,)
     return x, y
 
@@ -205,6 +206,49 @@ def chosen_split(
     return torch.tensor(train, dtype=torch.long), torch.tensor(list(val_indices), dtype=torch.long)
 
 
+def check_training_split(
+    x: torch.Tensor, y: torch.Tensor, features: list[str], target: str, source: str = "<data>"
+) -> None:
+    """Refuse training inputs ``x`` (n, features) that carry no information of their own about ``y`` (n,).
+
+    Checked on the training rows, as the model sees them, whatever the normalisation: a constant feature
+    (its weight and the bias are not determined; zscore and minmax would divide by zero), two identical
+    features (only the sum of their weights is determined) and a feature identical to the target (a copy of
+    the answer).
+
+    Raises:
+        DataError: naming the file and the column (for two identical features, both columns).
+    """
+    for j, name in enumerate(features):
+        column = x[:, j]  # (n,)
+        if bool((column == column[0]).all()):
+            value = float(column[0])
+            raise DataError(
+                source,
+                f"is constant on the training split (all {len(column)} training rows hold {value:g}), so it "
+                "carries no information and the fitted weights are not unique (zscore and minmax would "
+                "divide by zero); drop it from features",
+                name,
+            )
+    for j, name in enumerate(features):
+        for i in range(j):
+            if torch.equal(x[:, i], x[:, j]):
+                raise DataError(
+                    source,
+                    f"is identical to column '{features[i]}' on the training split, so only the sum of their "
+                    "weights can be fitted; drop one of the two from features",
+                    name,
+                )
+    for j, name in enumerate(features):
+        if torch.equal(x[:, j], y):
+            raise DataError(
+                source,
+                f"is identical to the target '{target}' on the training split: the model would learn to copy "
+                "it; drop it from features",
+                name,
+            )
+
+
 @dataclass(frozen=True)
 class Prepared:
     """A train/validation split: normalised inputs (float32), targets, and the rows in original units."""
@@ -253,12 +297,17 @@ def prepare(
     source: str = "<data>",
     val_indices: Sequence[int] | None = None,
 ) -> Prepared:
-    """Split the rows (with the seed, or as ``val_indices`` names them), fit normalisation on the training
-    rows only, apply it to both splits."""
+    """Split the rows (with the seed, or as ``val_indices`` names them), check that every feature carries
+    information on the training rows, fit normalisation on the training rows only, apply it to both splits.
+
+    Raises:
+        DataError: for too few rows for the split, or a feature that ``check_training_split`` refuses.
+    """
     train_frame, val_frame, train_idx, val_idx = split_frame(frame, val_fraction, seed, source, val_indices)
     x_train, y_train = to_tensors(train_frame, features, target)
+    check_training_split(x_train, y_train, features, target, source)
     x_val, y_val = to_tensors(val_frame, features, target)
-    normalizer = fit_normalizer(x_train, features, normalize, scale, source=source)
+    normalizer = fit_normalizer(x_train, features, normalize, scale)
     return Prepared(
         x_train=normalizer.apply(x_train),
         y_train=y_train,

@@ -7,6 +7,7 @@ Parameters live in one tensor ``params = [w_1, ..., w_k, b]`` of shape ``(k + 1,
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -57,14 +58,20 @@ def autograd_grad(x: torch.Tensor, t: torch.Tensor, params: torch.Tensor) -> tor
     return p.grad
 
 
-def gradient_gap(x: torch.Tensor, t: torch.Tensor, params: torch.Tensor) -> float:
+def gradient_gap(
+    x: torch.Tensor,
+    t: torch.Tensor,
+    params: torch.Tensor,
+    grad: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] = mse_grad,
+) -> float:
     """Largest relative difference between the hand-written and the autograd gradient at ``params``.
 
     Computed in float64; ``max|g_manual - g_autograd| / max(1, max|g_autograd|)``, so a correct derivation
-    gives about 1e-16 and a wrong one gives order 1.
+    gives about 1e-16 and a wrong one gives order 1. ``grad`` is the hand-written gradient under test, called
+    as ``mse_grad`` is: ``grad(x, t, t_p)``.
     """
     x64, t64, p64 = x.to(torch.float64), t.to(torch.float64), params.detach().to(torch.float64)
-    manual = mse_grad(x64, t64, predict(x64, p64))
+    manual = grad(x64, t64, predict(x64, p64))
     auto = autograd_grad(x64, t64, p64)
     return float((manual - auto).abs().max() / max(1.0, float(auto.abs().max())))
 

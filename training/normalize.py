@@ -10,8 +10,6 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from training.errors import DataError
-
 METHODS: tuple[str, ...] = ("none", "scale", "zscore", "minmax")
 
 
@@ -61,9 +59,7 @@ class Normalizer:
         )
 
 
-def fit_normalizer(
-    x: torch.Tensor, features: list[str], method: str, scale: float = 0.1, source: str = "<data>"
-) -> Normalizer:
+def fit_normalizer(x: torch.Tensor, features: list[str], method: str, scale: float = 0.1) -> Normalizer:
     """Fit normalisation statistics on training inputs ``x`` of shape ``(n, features)``.
 
     Args:
@@ -72,11 +68,11 @@ def fit_normalizer(
         method: ``none`` (identity), ``scale`` (multiply by ``scale``, the book's 0.1), ``zscore``
             (subtract the mean, divide by the population standard deviation) or ``minmax`` (map to [0, 1]).
         scale: the factor for ``scale``.
-        source: the data file, named in errors.
 
     Raises:
-        DataError: for a constant feature under ``zscore`` or ``minmax`` (it would divide by zero).
-        ValueError: for an unknown method.
+        ValueError: for an unknown method, or a constant feature under ``zscore`` or ``minmax`` (it would
+            divide by zero; ``training.data.prepare`` refuses constant features under every method first,
+            with a ``DataError`` naming the file).
     """
     k = x.shape[1]
     x64 = x.to(torch.float64)
@@ -91,9 +87,7 @@ def fit_normalizer(
             center, spread = x64.min(dim=0).values, x64.max(dim=0).values - x64.min(dim=0).values
         for name, s in zip(features, spread.tolist(), strict=True):
             if s == 0.0:
-                raise DataError(
-                    source, f"is constant on the training split, so '{method}' would divide by zero", name
-                )
+                raise ValueError(f"feature '{name}' is constant, so '{method}' would divide by zero")
         shift, factor = center.tolist(), (1.0 / spread).tolist()
     else:
         raise ValueError(f"unknown normalisation {method!r}; expected one of {', '.join(METHODS)}")
