@@ -47,7 +47,7 @@ bench: setup
 
 ## Delete local runtime state (Prefect home, MLflow database and artifacts).
 clean-state:
-	rm -rf .prefect mlflow.db mlartifacts mlruns spool optuna.db
+	rm -rf .prefect mlflow.db mlflow.db.lock mlartifacts mlruns spool optuna.db optuna.db.lock
 
 # ---- servers, deployments, workers (see README: "Local servers" and "Scheduling") ----------------------------
 

@@ -24,7 +24,7 @@ from prefect.artifacts import create_link_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from tasks import environment, plots, tracking
+from tasks import environment, plots, stores, tracking
 from tasks.data import LoadedData
 from tasks.recorder import Tracking, VariantRecord, build_payload, record_variant
 from tasks.runinfo import prefect_tags, provenance
@@ -177,9 +177,10 @@ def optuna_study(settings: SweepSettings):
     storage = settings.study_storage or f"sqlite:///{environment.state_dir() / 'optuna.db'}"
     name = settings.study_name or f"sweep-{flow_run.get_name() or 'run'}"
     sampler = optuna.samplers.TPESampler(seed=settings.seed)
-    return optuna.create_study(
-        study_name=name, storage=storage, sampler=sampler, direction="minimize", load_if_exists=True
-    )
+    with stores.creating(storage):  # like MLflow, Optuna creates a SQLite file's tables with no lock
+        return optuna.create_study(
+            study_name=name, storage=storage, sampler=sampler, direction="minimize", load_if_exists=True
+        )
 
 
 def distributions(axes: list[Axis]) -> dict[str, Any]:

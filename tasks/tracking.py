@@ -7,9 +7,11 @@ The tracking URI comes from ``MLFLOW_TRACKING_URI`` (embedded default: the repos
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import sqlite3
 import tempfile
 import threading
 import time
@@ -29,7 +31,7 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunS
 from mlflow.models import Model, ModelSignature
 from mlflow.types import ColSpec, Schema
 
-from tasks import environment
+from tasks import environment, stores
 from training.serving import Predictor, save_model
 
 logger = logging.getLogger(__name__)
@@ -43,6 +45,9 @@ CURVE_POINTS = 10_000  # the most points of one curve in a run's metric history 
 # Model.log validates the input example inside a context manager that sets and then deletes the process-wide
 # variable _MLFLOW_IS_IN_SERVING_ENVIRONMENT; two threads doing it at once raise KeyError. One at a time.
 _MODEL_LOG_LOCK = threading.Lock()
+# SQLite store URIs this process has found at the current schema, or created and migrated under the lock.
+_OPENED: set[str] = set()
+_OPENING = threading.Lock()
 
 
 def tracking_uri() -> str:
@@ -78,7 +83,48 @@ def check_reachable(timeout: float = 3.0) -> str:
 
 def client() -> MlflowClient:
     """A client for the tracking URI in force."""
-    return MlflowClient(tracking_uri())
+    return MlflowClient(_open_stores())
+
+
+def _open_stores() -> str:
+    """Make sure the tracking (and registry) store exists at the current schema; return the tracking URI.
+
+    MLflow creates and migrates a SQLite store's schema when a process first opens it, with no lock between
+    processes: flows started together on a fresh state directory would migrate at once and fail (``duplicate
+    column name``). A process that finds a SQLite store missing or behind opens it holding the store's
+    creation lock (``tasks/stores.py``); a store at the current schema is opened with no lock, and each store
+    is checked once per process. Servers and PostgreSQL take no lock.
+    """
+    uri = tracking_uri()
+    for store_uri in dict.fromkeys((uri, mlflow.get_registry_uri())):
+        database = stores.sqlite_file(store_uri)
+        if store_uri in _OPENED or database is None:
+            continue
+        with _OPENING:
+            if store_uri not in _OPENED and not _at_head(database):
+                with stores.creating(store_uri):
+                    if not _at_head(database):  # else another process created it while we waited
+                        MlflowClient(store_uri)  # builds the store: creates and migrates its schema
+            _OPENED.add(store_uri)
+    return uri
+
+
+def _at_head(database: Path) -> bool:
+    """True when the SQLite file holds MLflow's schema at its latest revision and the default experiment, so
+    that opening it writes nothing; False at any doubt (no file, mid-migration, busy, unreadable)."""
+    if not database.exists():
+        return False
+    try:
+        # the revision MLflow's store requires when it opens a database (MLflow's own helper)
+        from mlflow.store.db.utils import _get_latest_schema_revision
+
+        head = _get_latest_schema_revision()
+        with contextlib.closing(sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True, timeout=5)) as db:
+            version = db.execute("SELECT version_num FROM alembic_version").fetchall()
+            default = db.execute("SELECT 1 FROM experiments WHERE experiment_id = 0").fetchall()
+    except Exception:  # the creation lock is always safe; this only spares it
+        return False
+    return version == [(head,)] and default == [(1,)]
 
 
 def ensure_experiment(name: str) -> str:
@@ -333,6 +379,7 @@ def run_url(run_id: str, experiment_id: str) -> str | None:
 
 def load_model(model_uri: str) -> Any:
     """Load a logged model as an MLflow pyfunc model."""
+    _open_stores()
     return mlflow.pyfunc.load_model(model_uri)
 
 
@@ -401,6 +448,7 @@ def version_model_uri(name: str, version: str) -> str:
 
 def model_io(model_uri: str) -> tuple[list[str], str]:
     """The input column names and the output column of a logged model, from its signature."""
+    _open_stores()
     info = mlflow.models.get_model_info(model_uri)
     if info.signature is None:
         raise ValueError(f"{model_uri} has no signature; cannot tell which columns it needs")
