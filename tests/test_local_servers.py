@@ -1,4 +1,10 @@
-"""`make run`, `make ui`, `make run` again and `make stop`, as a user would, on temporary stores and ports."""
+"""`make run`, `make ui`, `make run` again, `make serve-model`, `make worker` and `make stop`, as a user
+would, on temporary stores and ports.
+
+The servers are started by make itself with the Makefile's default hosts (only ports are chosen, free ones
+on loopback), and what they listen on is read from the operating system: the kernel's socket tables matched
+to the open files of every process in each server's session, children included.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +22,9 @@ from . import sockets
 from .conftest import subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
+# the dependencies are installed (the tests run in that environment): make must not reinstall them, which it
+# would do in a fresh checkout or worktree, whose pyproject.toml is newer than the stamp
+MAKE = ["make", "-o", ".venv/.installed-stamp"]
 pytestmark = pytest.mark.integration
 
 
@@ -28,7 +37,7 @@ def run(args: list[str], env: dict[str, str], timeout: float = 240) -> str:
     return text
 
 
-def test_ui_servers_show_earlier_runs_take_new_ones_and_stop_cleanly(tmp_path):
+def test_ui_servers_show_earlier_runs_take_new_ones_listen_on_loopback_only_and_stop_cleanly(tmp_path):
     home = tmp_path / "fresh" / "state"  # not there yet: the first run creates it
     env = subprocess_env(home, PIPELINE_DETECT_SERVERS="true")  # as a user's shell: servers are found
     train = ["-m", "flows.run", "train", "epochs=30", 'variants=["manual"]']
@@ -37,23 +46,17 @@ def test_ui_servers_show_earlier_runs_take_new_ones_and_stop_cleanly(tmp_path):
     first = run(train, env)
     assert "Traceback" not in first and "Finished in state Completed()" in first
 
-    # 2. make ui on the same stores
+    # 2. make ui on the same stores, on free ports; the hosts are the defaults
     prefect_port, mlflow_port = sockets.free_port(), sockets.free_port()
+    make_env = {k: v for k, v in env.items() if k not in ("MLFLOW_HOST", "MODEL_HOST", "MAKEFLAGS", "MFLAGS")}
+    make_env |= {"PREFECT_PORT": str(prefect_port), "MLFLOW_PORT": str(mlflow_port)}
+    state = {}
     try:
-        printed = run(
-            [
-                "-m",
-                "ops.servers",
-                "up",
-                "--prefect-port",
-                str(prefect_port),
-                "--mlflow-port",
-                str(mlflow_port),
-            ],
-            env,
-        )
+        printed = make(["ui"], make_env)
         assert f"http://127.0.0.1:{prefect_port}" in printed and f"http://127.0.0.1:{mlflow_port}" in printed
         state = {n: json.loads((home / ".run" / f"{n}.json").read_text()) for n in ("prefect", "mlflow")}
+        for name, port in (("prefect", prefect_port), ("mlflow", mlflow_port)):
+            assert_listens_on_loopback_only(name, state[name]["pid"], port)
 
         mlflow = MlflowClient(f"http://127.0.0.1:{mlflow_port}")
         experiment = mlflow.get_experiment_by_name("thermometer")
@@ -65,12 +68,51 @@ def test_ui_servers_show_earlier_runs_take_new_ones_and_stop_cleanly(tmp_path):
         assert len(mlflow.search_runs([experiment.experiment_id])) == 4
         flow_runs = prefect_flow_runs(f"http://127.0.0.1:{prefect_port}/api")
         assert len(flow_runs) == 2 and all(r == "Completed" for r in flow_runs)  # the first, embedded one too
+
+        # 4. make serve-model: the champion the runs registered, on a free port, its host the Makefile's
+        model_port = sockets.free_port()
+        with servers.running(
+            [*MAKE, "serve-model", f"MODEL_PORT={model_port}"],
+            make_env,
+            tmp_path / "serve-model.log",
+            f"http://127.0.0.1:{model_port}/ping",
+        ) as served:
+            assert_listens_on_loopback_only("model server", served.pid, model_port)
+
+        # 5. make worker: a Prefect worker listens nowhere unless its health-check web server is on (it
+        # is not by default); whatever it or a child listens on must be loopback
+        log = tmp_path / "worker.log"
+        worker = servers.spawn([*MAKE, "worker"], make_env, log)
+        try:
+            assert servers.until(lambda: "started!" in log.read_text() or worker.poll() is not None, 120, 0.5)
+            assert worker.poll() is None, log.read_text()[-3000:]
+            listening = sockets.listening_sockets(sockets.session_processes(worker.pid))
+            assert all(sockets.loopback(address) for address, _ in listening), ("worker", listening)
+        finally:
+            servers.stop_group(worker.pid)
     finally:
-        # 4. make stop: exactly those processes
-        stopped = run(["-m", "ops.servers", "down"], env)
+        # 6. make stop: exactly those processes
+        stopped = make(["stop"], make_env)
     assert "prefect" in stopped and "mlflow" in stopped
     assert not any(servers.alive(s["pid"]) for s in state.values())
     assert not list((home / ".run").glob("*.json"))
+
+
+def make(targets: list[str], env: dict[str, str], timeout: float = 240) -> str:
+    out = subprocess.run(
+        [*MAKE, *targets], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text[-4000:]
+    return text
+
+
+def assert_listens_on_loopback_only(name: str, session: int, port: int) -> None:
+    """Every process in ``session`` listens on loopback addresses only, and one of them on ``port``."""
+    listening = sockets.listening_sockets(sockets.session_processes(session))
+    assert port in {p for _, p in listening}, (name, port, listening)
+    exposed = {(a, p) for a, p in listening if not sockets.loopback(a)}
+    assert not exposed, f"{name} listens beyond loopback: {sorted(exposed)}"
 
 
 def prefect_flow_runs(api_url: str) -> list[str]:
