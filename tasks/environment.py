@@ -120,6 +120,8 @@ def embedded(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(MLFLOW_RETRIES),
         "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(MLFLOW_BACKOFF),
+        # a worker's health-check server (off unless asked for) would otherwise listen on every interface
+        "PREFECT_WORKER_WEBSERVER_HOST": "127.0.0.1",
         # artifacts of experiments created on a database store (ignored when a tracking server decides)
         "PIPELINE_ARTIFACT_ROOT": str(base / "mlartifacts"),
     }
