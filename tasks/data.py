@@ -11,8 +11,9 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks import environment
-from training.data import Prepared, file_digest, load_table, prepare
+from training.data import Prepared, file_digest, load_table
 from training.errors import DataError
+from training.runs import prepare_config
 from training.settings import TrainingConfig
 
 
@@ -70,18 +71,7 @@ def _rows(index: torch.Tensor, shown: int = 20) -> str:
 @task(name="split-normalize", task_run_name="split-normalize", cache_policy=NO_CACHE)
 def prepare_data(loaded: LoadedData, config: TrainingConfig) -> Prepared:
     """Split rows with the seed, fit normalisation on the training rows only, apply it to both splits."""
-    c = config
-    prepared = prepare(
-        loaded.frame,
-        c.features,
-        c.target,
-        c.normalize,
-        c.scale,
-        c.val_fraction,
-        c.seed,
-        loaded.source,
-        val_indices=c.val_indices,
-    )
+    prepared = prepare_config(loaded.frame, config, loaded.source)
     get_run_logger().info(
         "Split %d rows: %d train %s, %d validation %s; normalisation %s",
         len(loaded.frame),
@@ -89,6 +79,6 @@ def prepare_data(loaded: LoadedData, config: TrainingConfig) -> Prepared:
         _rows(prepared.train_index),
         len(prepared.val_index),
         _rows(prepared.val_index),
-        c.normalize,
+        config.normalize,
     )
     return prepared

@@ -28,10 +28,10 @@ from tasks import environment, plots, stores, tracking
 from tasks.data import LoadedData
 from tasks.recorder import Tracking, VariantRecord, build_payload, record_variant
 from tasks.runinfo import prefect_tags, provenance
-from training.data import Prepared, prepare
+from training.data import Prepared
 from training.errors import ConfigError
 from training.evaluation import optimum_mse
-from training.runs import Trained, evaluate_trained, train_variant
+from training.runs import Trained, evaluate_trained, prepare_config, train_variant
 from training.settings import SweepSettings, TrainingConfig
 from training.space import Axis, check_points, configure, grid, parse_space, sample
 from training.sweep import Trial, sweep
@@ -288,18 +288,7 @@ def prepare_all(
     for config, _ in configs:
         key = data_key(config)
         if key not in out:
-            c, d = config, loaded[config.data]
-            out[key] = prepare(
-                d.frame,
-                c.features,
-                c.target,
-                c.normalize,
-                c.scale,
-                c.val_fraction,
-                c.seed,
-                d.source,
-                c.val_indices,
-            )
+            out[key] = prepare_config(loaded[config.data].frame, config, loaded[config.data].source)
     return out
 
 

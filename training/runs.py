@@ -10,7 +10,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 
-from training.data import Prepared
+import pandas as pd
+
+from training.data import Prepared, prepare
 from training.evaluation import Evaluation, evaluate
 from training.loops import EpochCallback, TrainResult, train
 from training.settings import TrainingConfig
@@ -34,6 +36,14 @@ class Trained:
     def converged(self) -> bool:
         """True when every epoch ran with a finite loss."""
         return self.result.converged
+
+
+def prepare_config(frame: pd.DataFrame, config: TrainingConfig, source: str) -> Prepared:
+    """The configuration's split and normalisation of the rows of ``frame`` (read from ``source``)."""
+    c = config
+    return prepare(
+        frame, c.features, c.target, c.normalize, c.scale, c.val_fraction, c.seed, source, c.val_indices
+    )
 
 
 def train_variant(
