@@ -14,7 +14,6 @@ Numbers are wall-clock seconds on whatever machine runs it; run it on a quiet ma
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from ops import servers  # noqa: E402
 from tasks import environment  # noqa: E402
 
 
@@ -34,38 +34,6 @@ def space(configs: int) -> dict:
         "normalize": ["none", "scale"],
         "optimizer": ["SGD", "Adam"],
     }
-
-
-@contextlib.contextmanager
-def dask_cluster(tmp: Path):
-    """A real scheduler and two single-thread workers on loopback, stopped afterwards."""
-    from distributed import Client
-
-    from ops import servers
-
-    port = 8786 + os.getpid() % 1000
-    address = f"tcp://127.0.0.1:{port}"
-    dask = str(Path(sys.executable).with_name("dask"))
-    procs = [
-        servers.spawn(
-            [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
-            os.environ,
-            tmp / "scheduler.log",
-        )
-    ]
-    procs += [
-        servers.spawn(
-            [dask, "worker", address, "--nthreads", "1", "--no-dashboard"], os.environ, tmp / f"w{i}.log"
-        )
-        for i in range(2)
-    ]
-    try:
-        with Client(address, timeout=60) as client:
-            client.wait_for_workers(2, timeout=120)
-        yield address
-    finally:
-        for proc in reversed(procs):
-            servers.stop_group(proc.pid)
 
 
 def timed(fn, **params):
@@ -108,7 +76,7 @@ def main() -> int:
             print(f"time per configuration: train {train_s:.2f} s, sweep {sweep_s / n * 1000:.1f} ms: "
                   f"{train_s / (sweep_s / n):.0f}x less (target >= 300x)")  # fmt: skip
             if not args.skip_dask:
-                with dask_cluster(Path(tmp)) as address:
+                with servers.dask_cluster(os.environ, Path(tmp)) as address:
                     remote, dask_s = timed(sweep, **sweep_params, executor="dask", dask_address=address)
                 same = remote["best"] == local["best"] and remote["diverged"] == local["diverged"]
                 print(f"sweep on a two-worker Dask cluster: {dask_s:.1f} s ({sweep_s / dask_s:.2f}x the "

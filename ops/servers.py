@@ -155,6 +155,30 @@ def running(
         proc.wait(timeout=10)
 
 
+@contextmanager
+def dask_cluster(env: Mapping[str, str], logs: Path, workers: int = 2) -> Iterator[str]:
+    """A real Dask cluster on loopback for a ``with`` block: ``dask scheduler`` on a free port and ``workers``
+    single-thread ``dask worker`` processes, no dashboards; yields the scheduler's address."""
+    from distributed import Client
+
+    dask = str(Path(sys.executable).with_name("dask"))
+    found = ["--scheduler-file", str(logs / "scheduler.json")]  # the scheduler writes its address there
+    quiet = ["--host", LOOPBACK, "--no-dashboard"]
+    procs = [spawn([dask, "scheduler", "--port", "0", *found, *quiet], env, logs / "scheduler.log")]
+    try:
+        procs += [
+            spawn([dask, "worker", *found, "--nthreads", "1", *quiet], env, logs / f"worker-{i}.log")
+            for i in range(workers)
+        ]
+        with Client(scheduler_file=found[1], timeout=60) as client:
+            client.wait_for_workers(workers, timeout=120)
+            address = client.scheduler.address
+        yield address
+    finally:
+        for proc in reversed(procs):
+            stop_group(proc.pid)
+
+
 # --- the user's servers: state files in .run/ (read by tasks.environment) -----------------------------------
 
 

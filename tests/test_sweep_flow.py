@@ -21,7 +21,6 @@ from training.loops import train
 from training.model import mse, predict
 from training.settings import TrainingConfig
 
-from . import sockets
 from .conftest import DATA, REPO, subprocess_env
 
 pytestmark = pytest.mark.integration
@@ -184,40 +183,8 @@ def dask_cluster(tmp_path_factory):
     from ops import servers
 
     tmp = tmp_path_factory.mktemp("dask")
-    port, dashboard = sockets.free_port(), sockets.free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    dask = str(Path(sys.executable).with_name("dask"))
-    scheduler = servers.spawn(
-        [
-            dask,
-            "scheduler",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--dashboard-address",
-            f"127.0.0.1:{dashboard}",
-        ],
-        subprocess_env(tmp),
-        tmp / "scheduler.log",
-    )
-    workers = [
-        servers.spawn(
-            [dask, "worker", address, "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard"],
-            subprocess_env(tmp),
-            tmp / f"worker-{i}.log",
-        )
-        for i in range(2)
-    ]
-    try:
-        from distributed import Client
-
-        with Client(address, timeout=60) as client:
-            client.wait_for_workers(2, timeout=120)
+    with servers.dask_cluster(subprocess_env(tmp), tmp) as address:
         yield address
-    finally:
-        for proc in (*workers, scheduler):
-            servers.stop_group(proc.pid)
 
 
 def test_a_dask_cluster_gives_the_local_results_and_says_which_worker_trained_each(
