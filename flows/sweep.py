@@ -114,13 +114,20 @@ def sweep(settings: SweepSettings) -> dict[str, Any]:
     run = s.start_sweep_run(settings, list(loaded.values()))
     try:
         s.record_trials(run, table, settings)
+        trained = s.retrain_top(top, quote(configs), quote(prepared), settings.device)
         recorded = [
             s.record_top_trial(
-                run, rank, i, *configs[i], prepared[s.data_key(configs[i][0])], loaded[configs[i][0].data]
+                run,
+                rank,
+                i,
+                quote(trained[i]),
+                configs[i][0],
+                prepared[s.data_key(configs[i][0])],
+                loaded[configs[i][0].data],
             )
             for rank, i in enumerate(top, start=1)
         ]
-        s.report_sweep(run, table, top, [record for _, record in recorded])
+        s.report_sweep(run, table, top, recorded)
         s.finish_sweep_run(run, table, top, settings)  # FAILED when every trial diverged
         promotion = None
         if settings.model_name and recorded:
@@ -128,7 +135,7 @@ def sweep(settings: SweepSettings) -> dict[str, Any]:
             promotion = register_model(
                 settings.model_name,
                 settings.max_val_rmse,
-                quote([recorded[0]]),
+                quote([(trained[top[0]], recorded[0])]),
                 loaded[best_config.data],
                 prepared[s.data_key(best_config)],
             )

@@ -12,6 +12,7 @@ import math
 import os
 import socket
 import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from tasks.runinfo import prefect_tags, provenance
 from training.data import Prepared
 from training.errors import ConfigError
 from training.evaluation import optimum_mse
-from training.runs import Trained, evaluate_trained, prepare_config, train_variant
+from training.runs import Trained, evaluate_trained, prepare_config
 from training.settings import SweepSettings, TrainingConfig
 from training.space import Axis, check_points, configure, grid, parse_space, sample
 from training.sweep import Trial, sweep
@@ -237,11 +238,34 @@ def record_trials(run: Tracking, table: pd.DataFrame, settings: SweepSettings) -
     tracking.log_figure(run.parent_run_id, plots.lr_map(table, settings.lr), "lr_map.png")
 
 
-def retrain(config: TrainingConfig, variant: str, prepared: Prepared) -> Trained:
-    """One trial again, one configuration at a time, for its full curves and its evaluation (the engine is
-    exact against this loop, so the numbers are the sweep's)."""
-    trained = train_variant(variant, prepared, config)
-    return evaluate_trained(trained, prepared, config, optimum_mse(prepared.x_train, prepared.y_train))
+@task(name="retrain-top-trials", task_run_name="retrain-top-trials", cache_policy=NO_CACHE)
+def retrain_top(
+    top: list[int],
+    configs: list[tuple[TrainingConfig, str]],
+    prepared: Mapping[tuple, Prepared],
+    device: str,
+) -> dict[int, Trained]:
+    """The best trials again with every epoch's curves, as one batched program per data set, evaluated.
+
+    The engine equals ``loops.train`` trial by trial, so these are the numbers the sweep's table reports;
+    ``seconds`` is the batch's time divided among its trials.
+    """
+    by_key: dict[tuple, list[int]] = {}
+    for i in top:
+        by_key.setdefault(data_key(configs[i][0]), []).append(i)
+    out = {}
+    for key, index in by_key.items():
+        p = prepared[key]
+        val = (p.x_val, p.y_val) if p.has_val else (None, None)
+        started_ms, t0 = int(time.time() * 1000), time.perf_counter()
+        trials = [engine_trial(*configs[i]) for i in index]
+        result = sweep(trials, p.x_train, p.y_train, *val, keep_curves=True, device=device)
+        seconds = (time.perf_counter() - t0) / len(index)
+        optimum = optimum_mse(p.x_train, p.y_train)
+        for j, i in enumerate(index):
+            trained = Trained(result.train_result(j), started_ms, seconds)
+            out[i] = evaluate_trained(trained, p, configs[i][0], optimum)
+    return out
 
 
 @task(name="record-top-trial", task_run_name="record-trial-{rank}", cache_policy=NO_CACHE)
@@ -249,13 +273,12 @@ def record_top_trial(
     run: Tracking,
     rank: int,
     trial: int,
+    trained: Trained,
     config: TrainingConfig,
-    variant: str,
     prepared: Prepared,
     data: LoadedData,
-) -> tuple[Trained, VariantRecord]:
-    """Train one of the best trials again and record it as a child run, as the train flow records variants."""
-    trained = retrain(config, variant, prepared)
+) -> VariantRecord:
+    """Record one of the best trials as a child run, as the train flow records its variants."""
     tags = {**prefect_tags(), "sweep.trial": str(trial), "sweep.rank": str(rank)}
     payload = build_payload(trained, prepared, config, tags, data.source, data.digest)
     payload.run_params = {**payload.run_params, "trial": trial, "rank": rank}
@@ -264,7 +287,7 @@ def record_top_trial(
         payload, run.experiment_id, run.parent_run_id, name=f"trial-{trial}", frames=frames
     )
     get_run_logger().info("trial %d (rank %d) recorded as MLflow run %s", trial, rank, record.run_id)
-    return trained, record
+    return record
 
 
 @task(name="report-sweep", task_run_name="report-sweep", cache_policy=NO_CACHE)

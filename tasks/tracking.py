@@ -41,7 +41,7 @@ MODEL_NAME = "model"  # the logged model's name inside its run
 LOADER_MODULE = "training.serving"
 BATCH = 1000  # metrics per log_batch request (the server's limit)
 SENDERS = 8  # log_batch requests in flight at once against a tracking server
-CURVE_POINTS = 10_000  # the most points of one curve in a run's metric history (every epoch up to this)
+CURVE_POINTS = 1_000  # the most points of one curve in a run's metric history (every epoch up to this)
 # Model.log validates the input example inside a context manager that sets and then deletes the process-wide
 # variable _MLFLOW_IS_IN_SERVING_ENVIRONMENT; two threads doing it at once raise KeyError. One at a time.
 _MODEL_LOG_LOCK = threading.Lock()

@@ -96,6 +96,7 @@ def test_a_grid_sweep_records_the_contract_and_equals_the_sequential_loop(mlflow
         }
         trial = int(child.data.tags["sweep.trial"])
         assert child.data.metrics["train_mse"] == pytest.approx(table["train_mse"][trial], rel=1e-12)
+        assert child.data.metrics["train_loss"] == table["final_loss"][trial]  # the curve's last epoch
     model = mlflow.pyfunc.load_model(children[0].data.tags["model_uri"])
     assert model.predict(pd.DataFrame({"t_u": [50.0]}))["t_c"].notna().all()
 
