@@ -24,7 +24,8 @@ import pytest
 import yaml
 
 from ops import servers
-from tasks import environment
+from tasks import environment, spool
+from tasks.tracking import CURVE_POINTS
 
 from . import sockets
 
@@ -380,61 +381,138 @@ def _flow_run_process(flow_run_id) -> int | None:
     return None
 
 
-def test_a_killed_run_is_marked_crashed_and_its_mlflow_runs_killed(stack, finished_run):
-    """SIGKILL the worker and its flow-run process mid-training: no one reports, yet Prefect marks the
-    run Crashed (heartbeats stop, the zombie automation fires); the next run closes its MLflow runs."""
-    import signal
+KILLED_NOTE = "Left RUNNING by Prefect flow run {}, which ended Crashed"
 
-    from mlflow import MlflowClient
+
+def _trigger(stack: Stack, epochs: int):
+    """A run of the nightly deployment with ``epochs`` (the rest as deployed); returns the flow run."""
     from prefect.deployments import run_deployment
 
-    async def trigger(client, epochs):
+    async def trigger(client):
         return await run_deployment("train/nightly", timeout=0, client=client, parameters={"epochs": epochs})
 
-    doomed = stack.api(lambda c: trigger(c, 400_000))  # minutes of training: killed long before the end
+    return stack.api(trigger)
+
+
+def _mlflow_runs(stack: Stack, flow_run_id) -> tuple:
+    """The MLflow parent run of a flow run (None before it exists) and its child runs, as the server has them.
+
+    Children are found by their parent, not by the flow run's tag that the orphan sweep goes by, so a child
+    without that tag would still show here.
+    """
+    from mlflow import MlflowClient
+
     mlflow = MlflowClient(stack.mlflow)
     experiment = mlflow.get_experiment_by_name("thermometer")
-    worker = servers.spawn(
-        WORKER,
-        stack.client_env,
-        stack.tmp / "worker-kill.log",
+    if experiment is None:  # the first run of the stack has not created it yet
+        return None, []
+    tagged = mlflow.search_runs([experiment.experiment_id], f"tags.`prefect.flow_run_id` = '{flow_run_id}'")
+    parents = [r for r in tagged if "mlflow.parentRunId" not in r.data.tags]
+    if not parents:
+        return None, []
+    [parent] = parents
+    children = mlflow.search_runs(
+        [experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
     )
+    return parent, children
+
+
+def _kill_worker_when(stack: Stack, flow_run_id, ready, log: str, within: float = 180):
+    """Start a real worker; once ``ready()`` is truthy (within ``within`` s) and the flow-run process exists,
+    SIGKILL the worker's process group and the flow-run process (no one reports anything), then wait until
+    Prefect marks the flow run final (heartbeats stop, the zombie automation fires). Returns what ``ready()``
+    saw and the flow run.
+    """
+    import signal
+
+    worker = servers.spawn(WORKER, stack.client_env, stack.tmp / log)
     try:
-        deadline = time.monotonic() + 120
-        # wait until its MLflow parent run exists, so training is under way
+        pid, seen = None, None
+        deadline = time.monotonic() + within
         while time.monotonic() < deadline:
-            parents = mlflow.search_runs(
-                [experiment.experiment_id], f"tags.`prefect.flow_run_id` = '{doomed.id}'"
-            )
-            pid = _flow_run_process(doomed.id)
-            if parents and pid:
+            pid = pid or _flow_run_process(flow_run_id)
+            seen = ready() if pid else None
+            if seen:
                 break
-            time.sleep(0.5)
+            assert worker.poll() is None, (stack.tmp / log).read_text()[-3000:]
+            time.sleep(0.2)
         else:
-            pytest.fail((stack.tmp / "worker-kill.log").read_text()[-3000:])
-        os.killpg(
-            worker.pid, signal.SIGKILL
-        )  # the worker's process group, and the flow run if it is elsewhere
+            pytest.fail((stack.tmp / log).read_text()[-3000:])
+        # the worker's process group, and the flow run if it is elsewhere
+        os.killpg(worker.pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 150
-        while time.monotonic() < deadline:
-            crashed = stack.api(lambda c: c.read_flow_run(doomed.id))
+        killed = time.monotonic()
+        while time.monotonic() < killed + 150:
+            crashed = stack.api(lambda c: c.read_flow_run(flow_run_id))
             if crashed.state.is_final():
                 break
             time.sleep(0.5)
-        assert crashed.state.name == "Crashed", crashed.state
-        [parent] = [r for r in parents if "mlflow.parentRunId" not in r.data.tags]
-        assert mlflow.get_run(parent.info.run_id).info.status == "RUNNING"  # nothing could close it
-
+        print(f"{crashed.state.name} {time.monotonic() - killed:.0f} s after the kill")
+        return seen, crashed
     finally:
         servers.stop_group(worker.pid)
-    again = stack.api(lambda c: trigger(c, EPOCHS))
-    [rerun] = run_worker_until_final(stack, [again.id])  # a new worker, the deployment as it was
+
+
+def _run_again(stack: Stack) -> None:
+    """The deployment, as it was, runs normally on a new worker; its start-mlflow-run sweeps orphans."""
+    [rerun] = run_worker_until_final(stack, [_trigger(stack, EPOCHS).id])
     assert rerun.state.is_completed(), rerun.state.message
-    killed = mlflow.get_run(parent.info.run_id)
-    assert killed.info.status == "KILLED"
-    assert (
-        f"Left RUNNING by Prefect flow run {doomed.id}, which ended Crashed"
-        in killed.data.tags["mlflow.note.content"]
-    )
+
+
+def test_a_killed_run_is_marked_crashed_and_its_mlflow_runs_killed(stack, finished_run):
+    """SIGKILL the worker and its flow-run process mid-training: no one reports, yet Prefect marks the
+    run Crashed (heartbeats stop, the zombie automation fires); the next run closes its MLflow runs."""
+    doomed = _trigger(stack, 400_000)  # minutes of training: killed long before the end
+
+    def training():  # its MLflow parent run exists, so training is under way
+        return _mlflow_runs(stack, doomed.id)[0]
+
+    _, crashed = _kill_worker_when(stack, doomed.id, training, "worker-kill.log")
+    assert crashed.state.name == "Crashed", crashed.state
+    parent, children = _mlflow_runs(stack, doomed.id)
+    assert parent.info.status == "RUNNING" and not children  # nothing could close it; nothing recorded yet
+
+    _run_again(stack)
+    parent, _ = _mlflow_runs(stack, doomed.id)
+    assert parent.info.status == "KILLED"
+    assert KILLED_NOTE.format(doomed.id) in parent.data.tags["mlflow.note.content"]
+
+
+# Each child run logs its model, 2 curves of up to CURVE_POINTS points, a curve table and two plots: seconds
+# of recording, polled every 0.2 s. A longer run would train longer and record no longer.
+RECORDING_EPOCHS = CURVE_POINTS
+
+
+def test_a_run_killed_while_recording_leaves_no_mlflow_run_running(stack, deployed):
+    """SIGKILL the worker and its flow-run process while the variants' child runs are being recorded: Prefect
+    marks the run Crashed; the next run closes the parent and each child left open KILLED; none stays open."""
+    doomed = _trigger(stack, RECORDING_EPOCHS)
+
+    def recording():  # the child runs being recorded at this moment
+        return [r for r in _mlflow_runs(stack, doomed.id)[1] if r.info.status == "RUNNING"]
+
+    # within: three variants of 10,000 epochs train first (minutes on a loaded 2-core machine)
+    seen, crashed = _kill_worker_when(stack, doomed.id, recording, "worker-kill-recording.log", within=400)
+    assert crashed.state.name == "Crashed", crashed.state
+    parent, children = _mlflow_runs(stack, doomed.id)
+    open_children = [r for r in children if r.info.status == "RUNNING"]
+    # killed inside the recording: a child run seen RUNNING just before the kill is still open after it
+    assert {r.info.run_id for r in seen} & {r.info.run_id for r in open_children}, (seen, children)
+    assert parent.info.status == "RUNNING"
+    # a child FINISHED was recorded whole before the kill
+    assert all(r.info.status in ("RUNNING", "FINISHED") for r in children)
+    print(f"killed with {len(open_children)} of {len(children)} child runs RUNNING")
+
+    _run_again(stack)
+    parent, after = _mlflow_runs(stack, doomed.id)
+    assert {r.info.run_id for r in after} == {r.info.run_id for r in children}  # the rerun added none to it
+    status = {r.info.run_id: r.info.status for r in [parent, *after]}
+    assert "RUNNING" not in status.values(), status
+    for run in [parent, *(r for r in after if r.info.run_id in {o.info.run_id for o in open_children})]:
+        assert run.info.status == "KILLED", status
+        assert KILLED_NOTE.format(doomed.id) in run.data.tags["mlflow.note.content"]
+    # the results of the variants cut off still wait in the worker's spool (for `make upload`)
+    spooled = environment.spool_dir(stack.client_env) / parent.info.run_id
+    assert {r.data.tags["variant"] for r in open_children} <= {p.name for p in spool.variants(spooled)}
+    shutil.rmtree(spooled)  # in the session's state directory: leave nothing for another test's upload
