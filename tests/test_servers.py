@@ -492,7 +492,7 @@ def test_a_run_killed_while_recording_leaves_no_mlflow_run_running(stack, deploy
     def recording():  # the child runs being recorded at this moment
         return [r for r in _mlflow_runs(stack, doomed.id)[1] if r.info.status == "RUNNING"]
 
-    # within: three variants of 10,000 epochs train first (minutes on a loaded 2-core machine)
+    # within: three variants train first (minutes on a loaded 2-core machine)
     seen, crashed = _kill_worker_when(stack, doomed.id, recording, "worker-kill-recording.log", within=400)
     assert crashed.state.name == "Crashed", crashed.state
     parent, children = _mlflow_runs(stack, doomed.id)
