@@ -105,8 +105,8 @@ def wait_http(
     def answers() -> bool:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"{' '.join(proc.args[:3])} exited with {proc.returncode}:\n{_tail(log)}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
+        try:  # a generous timeout: a busy machine answers late, and each retry would start the wait again
+            with urllib.request.urlopen(url, timeout=15) as response:
                 return 200 <= response.status < 300
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             return False

@@ -65,9 +65,12 @@ def test_unknown_or_malformed_arguments_are_refused_naming_the_parameters():
 
 def make_run(args: str) -> subprocess.CompletedProcess:
     """``make run ARGS=...`` exactly as a user types it in a shell (make's own shell then sees $(ARGS))."""
+    # the dependencies are installed (the tests run in that environment): make must not reinstall them, as it
+    # would in a fresh checkout or worktree (pyproject.toml newer than its stamp), and from several workers
     return subprocess.run(
-        f"make -s run ARGS={args}", shell=True, cwd=REPO, capture_output=True, text=True, timeout=120
-    )
+        f"make -s -o .venv/.installed-stamp run ARGS={args}",
+        shell=True, cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
 
 
 @pytest.mark.integration
