@@ -63,7 +63,7 @@ def prefect_harness():
     from prefect.testing.utilities import prefect_test_harness
 
     with (
-        prefect_test_harness(server_startup_timeout=90),
+        prefect_test_harness(server_startup_timeout=300),  # 88 s seen at load 11
         temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
     ):
         yield

@@ -30,7 +30,11 @@ pytestmark = pytest.mark.integration
 def start_mlflow(port: int, tmp: Path) -> subprocess.Popen:
     cmd = servers.mlflow_command("127.0.0.1", port, f"sqlite:///{tmp}/mlflow.db", tmp / "artifacts")
     proc = servers.spawn(cmd, servers.mlflow_env(), tmp / "mlflow.log")
-    servers.wait_http(f"http://127.0.0.1:{port}/health", 120, proc, tmp / "mlflow.log")
+    try:
+        servers.wait_http(f"http://127.0.0.1:{port}/health", 180, proc, tmp / "mlflow.log")
+    except BaseException:
+        servers.stop_group(proc.pid)  # not left running after the test
+        raise
     return proc
 
 
