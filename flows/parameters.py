@@ -14,7 +14,7 @@ import inspect
 import json
 import re
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -32,7 +32,7 @@ def signature(model: type[BaseModel], returns: Any = inspect.Signature.empty) ->
             name,
             inspect.Parameter.KEYWORD_ONLY,
             default=field.get_default(call_default_factory=True),
-            annotation=Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation,
+            annotation=field.rebuild_annotation(),
         )
         for name, field in model.model_fields.items()
     ]
@@ -82,9 +82,7 @@ def parse_value(field: FieldInfo, raw: str) -> Any:
     ``variants=[optimizer]`` (YAML reads it), ``optimizer_options={"momentum":0.9}`` as ``{momentum:0.9}``;
     a list may also be written ``a,b``. A value no reading fits is passed on for the model to refuse.
     """
-    accepts = TypeAdapter(
-        Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
-    )
+    accepts = TypeAdapter(field.rebuild_annotation())
     readings = _readings(raw)
     for value in readings:
         try:

@@ -19,7 +19,7 @@ PREFECT_YAML = environment.REPO_ROOT / "prefect.yaml"
 
 def deployments_from_yaml(path: Path = PREFECT_YAML) -> list:
     """Build ``RunnerDeployment`` objects from the deployments in ``prefect.yaml``."""
-    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig
     from prefect.flows import load_flow_from_entrypoint
     from prefect.schedules import Cron
 
@@ -27,9 +27,7 @@ def deployments_from_yaml(path: Path = PREFECT_YAML) -> list:
     for d in yaml.safe_load(path.read_text())["deployments"]:
         limit = d.get("concurrency_limit")
         if isinstance(limit, dict):
-            limit = ConcurrencyLimitConfig(
-                limit=limit["limit"], collision_strategy=ConcurrencyLimitStrategy(limit["collision_strategy"])
-            )
+            limit = ConcurrencyLimitConfig(**limit)
         schedules = [
             Cron(
                 s["cron"], timezone=s.get("timezone", "UTC"), active=s.get("active", True), slug=s.get("slug")

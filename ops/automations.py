@@ -10,6 +10,7 @@ Run it through ``python -m ops.env`` (as ``make deploy`` does), which applies th
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from datetime import timedelta
 
@@ -27,12 +28,8 @@ ZOMBIE_AUTOMATION = "Crash zombie flow runs"
 def ensure_zombie_automation() -> str:
     """Create the automation unless one of that name exists; return its id."""
     within = environment.zombie_seconds()
-    try:
-        existing = Automation.read(name=ZOMBIE_AUTOMATION)
-    except ValueError:
-        existing = None
-    if existing is not None:
-        return str(existing.id)
+    with contextlib.suppress(ValueError):  # Automation.read's answer to a name it does not know
+        return str(Automation.read(name=ZOMBIE_AUTOMATION).id)
     automation = Automation(
         name=ZOMBIE_AUTOMATION,
         description="Mark flow runs Crashed when their heartbeats stop (the process died without reporting).",

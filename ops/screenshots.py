@@ -6,7 +6,6 @@ writes PNGs to ``docs/``.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import subprocess
@@ -47,7 +46,7 @@ def screenshot(url: str, out: Path) -> Path:
 
 def latest_runs() -> tuple[str, str, str, str, list[str], str]:
     """The newest deployment flow run and its MLflow record: ids and names for the URLs."""
-    from prefect.client.orchestration import PrefectClient
+    from prefect.client.orchestration import SyncPrefectClient
     from prefect.client.schemas.sorting import FlowRunSort
 
     from tasks import tracking
@@ -56,12 +55,9 @@ def latest_runs() -> tuple[str, str, str, str, list[str], str]:
     if not (prefect and mlflow):
         raise SystemExit("start the servers first: make ui")
 
-    async def newest():
-        async with PrefectClient(prefect.url) as client:
-            runs = await client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=20)
-            return next(r for r in runs if r.state and r.state.is_completed() and r.deployment_id)
-
-    flow_run = asyncio.run(newest())
+    with SyncPrefectClient(prefect.url) as client:
+        runs = client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=20)
+    flow_run = next(r for r in runs if r.state and r.state.is_completed() and r.deployment_id)
     experiment_id, parent_id, child_ids = tracking.flow_run_record("thermometer", str(flow_run.id))
     return prefect.ui, mlflow.ui, str(flow_run.id), experiment_id, child_ids, parent_id
 

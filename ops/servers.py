@@ -24,7 +24,7 @@ from pathlib import Path
 import tenacity
 
 from tasks import environment
-from tasks.environment import LOOPBACK, REPO_ROOT, Server, alive, recorded, run_dir, server_file
+from tasks.environment import LOOPBACK, REPO_ROOT, Server, recorded, run_dir, server_file
 
 BIN = Path(sys.executable).parent
 
@@ -55,14 +55,8 @@ def mlflow_command(
 ) -> list[str]:
     """``mlflow server`` with one worker, proxying artifacts from ``artifacts`` (``mlflow-artifacts:/``)."""
     cmd = [str(BIN / "mlflow"), "server", "--host", host, "--port", str(port), "--workers", "1"]
-    cmd += [
-        "--backend-store-uri",
-        backend_uri,
-        "--artifacts-destination",
-        str(artifacts),
-        "--serve-artifacts",
-    ]
-    return cmd + (["--app-name", app] if app else [])
+    cmd += ["--backend-store-uri", backend_uri, "--artifacts-destination", str(artifacts)]
+    return [*cmd, "--serve-artifacts", *(["--app-name", app] if app else [])]
 
 
 def mlflow_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -193,12 +187,7 @@ def local_stores(environ: Mapping[str, str] = os.environ) -> tuple[str, str, str
     return stores["PREFECT_HOME"], uri, stores["PIPELINE_ARTIFACT_ROOT"]
 
 
-def up(
-    prefect_host: str = LOOPBACK,
-    prefect_port: int = 4200,
-    mlflow_host: str = LOOPBACK,
-    mlflow_port: int = 5000,
-) -> list[Server]:
+def up(prefect_host: str, prefect_port: int, mlflow_host: str, mlflow_port: int) -> list[Server]:
     """Start both servers in the background on the local stores (unless running); wait until they answer."""
     home, backend, artifacts = local_stores()
     prefect_url = f"http://{_connect(prefect_host)}:{prefect_port}"
@@ -239,14 +228,10 @@ def down() -> list[str]:
     """Stop the servers that ``up`` started (by their recorded process groups); return what was stopped."""
     stopped = []
     for name in environment.SERVERS:
-        path = server_file(name)
-        if not path.exists():
-            continue
-        server = Server(**json.loads(path.read_text()))
-        if alive(server.pid):
+        if server := recorded(name):  # still running
             stop_group(server.pid)
             stopped.append(f"{name} (pid {server.pid})")
-        path.unlink()
+        server_file(name).unlink(missing_ok=True)
     return stopped
 
 
@@ -270,10 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for name in environment.SERVERS:
             s = recorded(name)
-            print(
-                f"{name:<8} "
-                + (f"{s.ui} (pid {s.pid}, log {os.path.relpath(s.log)})" if s else "not running")
-            )
+            state = f"{s.ui} (pid {s.pid}, log {os.path.relpath(s.log)})" if s else "not running"
+            print(f"{name:<8} {state}")
     return 0
 
 

@@ -46,11 +46,6 @@ def run_dir(environ: Mapping[str, str] = os.environ) -> Path:
     return state_dir(environ) / ".run"
 
 
-def spool_dir(environ: Mapping[str, str] = os.environ) -> Path:
-    """``spool/`` in the state directory: results that MLflow has not received yet."""
-    return state_dir(environ) / "spool"
-
-
 def artifact_root(environ: Mapping[str, str] = os.environ) -> str | None:
     """Artifact location for experiments this project creates on a database store."""
     return environ.get("PIPELINE_ARTIFACT_ROOT")
@@ -139,9 +134,7 @@ def resolve(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
             found["PREFECT_API_URL"] = prefect.url
         if mlflow := recorded("mlflow", environ):
             found["MLFLOW_TRACKING_URI"] = mlflow.url
-    for key, value in embedded(environ).items():
-        found.setdefault(key, value)
-    return {key: value for key, value in found.items() if key not in environ}
+    return {key: value for key, value in (embedded(environ) | found).items() if key not in environ}
 
 
 def apply(environ: MutableMapping[str, str] = os.environ) -> dict[str, str]:

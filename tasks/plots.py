@@ -90,7 +90,7 @@ def plot_range(values: Sequence[float]) -> tuple[float, float]:
     return math.floor(low / step) * step, math.ceil(high / step) * step
 
 
-def fit_plot(predictor: Predictor, train_frame, val_frame, title: str = "") -> Figure:
+def fit_plot(predictor: Predictor, train_frame, val_frame) -> Figure:
     """Data and fitted model in original units, as the book's figure: the model drawn across the data's range
     (widened by ``plot_range``) for one feature, its value at each data row marked; predicted-vs-actual for
     several features."""
@@ -99,11 +99,8 @@ def fit_plot(predictor: Predictor, train_frame, val_frame, title: str = "") -> F
     target = predictor.target
     (train, n_train), (val, n_val) = _sample(train_frame), _sample(val_frame)
     frames = [("train", train, "o"), ("validation", val, "s")]
-    shown = (
-        ""
-        if len(train) + len(val) == n_train + n_val
-        else f" ({len(train) + len(val):,} of {n_train + n_val:,} rows)"
-    )
+    n_shown, n_all = len(train) + len(val), n_train + n_val
+    shown = "" if n_shown == n_all else f" ({n_shown:,} of {n_all:,} rows)"
     if len(predictor.features) == 1:
         feature = predictor.features[0]
         for label, frame, marker in frames:
@@ -125,9 +122,7 @@ def fit_plot(predictor: Predictor, train_frame, val_frame, title: str = "") -> F
         ax.axline((0, 0), slope=1, color="black", linewidth=0.8, label="perfect prediction")
         ax.set_xlabel(f"actual {target}")
         ax.set_ylabel(f"predicted {target}")
-    ax.set_title(
-        (title or f"{predictor.variant}: {predictor.architecture.describe()}, in original units") + shown
-    )
+    ax.set_title(f"{predictor.variant}: {predictor.architecture.describe()}, in original units{shown}")
     ax.grid(True, alpha=0.3)
     ax.legend()
     return fig

@@ -89,8 +89,10 @@ def write_predictions(frame: pd.DataFrame, output: str) -> str:
     return str(path)
 
 
-def record_batch(model: ResolvedModel, loaded: LoadedData, rows: int, output: str, experiment: str) -> str:
-    """One MLflow run for the batch: input lineage, row count, model version; return its id."""
+def record_batch(
+    model: ResolvedModel, loaded: LoadedData, rows: int, output: str, experiment: str
+) -> tuple[str, str | None]:
+    """One MLflow run for the batch: input lineage, row count, model version; return its id and link."""
     experiment_id = tracking.ensure_experiment(experiment)
     tags = {
         "prefect.flow_run_id": str(flow_run.get_id() or ""),
@@ -109,7 +111,7 @@ def record_batch(model: ResolvedModel, loaded: LoadedData, rows: int, output: st
     except BaseException as exc:
         tracking.end_run(run_id, tracking.FAILED, note=f"recording failed: {exc!r}")
         raise
-    return run_id
+    return run_id, tracking.run_url(run_id, experiment_id)
 
 
 # one MLflow run per batch: no task retries, which could record it twice (MLflow retries each request)
@@ -118,10 +120,9 @@ def record_predictions(
     model: ResolvedModel, loaded: LoadedData, predictions: pd.DataFrame, output: str, experiment: str
 ) -> str:
     """Record the batch in MLflow and as Prefect artifacts: a preview of the rows and a summary."""
-    run_id = record_batch(model, loaded, len(predictions), output, experiment)
+    run_id, url = record_batch(model, loaded, len(predictions), output, experiment)
     preview = predictions.head(20).astype(str).to_dict(orient="records")
     create_table_artifact(table=preview, key="predictions-preview", description=f"First rows of {output}")
-    url = tracking.run_url(run_id, tracking.ensure_experiment(experiment))
     create_markdown_artifact(
         key="predictions-summary",
         markdown=(

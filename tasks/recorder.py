@@ -17,7 +17,6 @@ from tasks import plots, spool, tracking
 from training import network
 from training.data import Prepared
 from training.runs import Trained
-from training.serving import Predictor
 from training.settings import TrainingConfig
 
 
@@ -73,21 +72,9 @@ def build_payload(
         normalizer=prepared.normalizer.to_dict(),
         data=source,
         digest=digest,
-        split={
-            "val_fraction": settings.val_fraction,
-            "seed": settings.seed,
-            "val_indices": settings.val_indices,
-        },
+        split=settings.model_dump(include={"val_fraction", "seed", "val_indices"}),
         architecture=settings.architecture().to_dict(),
     )
-
-
-def _coefficients(predictor: Predictor) -> dict[str, float]:
-    folded = predictor.normalizer.fold(predictor.params).tolist()
-    return {
-        **{f"coef_{f}": w for f, w in zip(predictor.features, folded[:-1], strict=True)},
-        "intercept": folded[-1],
-    }
 
 
 def record_variant(
@@ -153,7 +140,9 @@ def _record_child(
     arch = predictor.architecture
     if arch.is_linear:  # the line's weights and bias mean something one by one: slopes and intercept
         trained = {f"w_{f}": w for f, w in zip(p.features, p.params[:-1], strict=True)} | {"b": p.params[-1]}
-        coefficients = _coefficients(predictor)
+        folded = predictor.normalizer.fold(predictor.params).tolist()  # the same line in original units
+        coefficients = {f"coef_{f}": w for f, w in zip(predictor.features, folded[:-1], strict=True)}
+        coefficients["intercept"] = folded[-1]
         tracking.log_metrics(run_id, {**summary, **trained, **coefficients, **p.metrics})
         tracking.log_dict(
             run_id, {"trained_space": trained, "original_units": coefficients}, "coefficients.json"

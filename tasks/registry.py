@@ -87,17 +87,10 @@ def _refusal(
     return None
 
 
-def _register(model_name: str, best: Trained, record: VariantRecord, loaded: LoadedData) -> str:
-    """Register the best model's logged model as a new version, tagged with its metrics and lineage."""
-    metrics = {k: f"{v:.10g}" for k, v in best.evaluation.metrics().items() if math.isfinite(v)}
-    tags = {"variant": best.variant, **metrics, **prefect_tags(), "data_hash": loaded.digest}
-    return tracking.register_version(model_name, record.model_uri, record.run_id, tags)
-
-
-def _promote(model_name: str, version: str, variant: str, prepared: Prepared) -> Promotion:
-    """Score the new version, then, under a lock so that two runs finishing together cannot both win: read
-    the champion, score it on the same rows, move the alias if the challenger wins; tag the decision."""
-    rows, which = _scoring_rows(prepared)
+def _promote(model_name: str, version: str, variant: str, rows: pd.DataFrame, which: str) -> Promotion:
+    """Score the new version on ``rows`` (``which`` says what they are), then, under a lock so that two runs
+    finishing together cannot both win: read the champion, score it on the same rows, move the alias if the
+    challenger wins; tag the decision."""
     target = rows.columns[-1]
     challenger = _mse(tracking.version_model_uri(model_name, version), rows, target)
     lock = f"model-registry-{model_name}"
@@ -146,18 +139,20 @@ def register_model(
     """Register the best converged candidate and move the champion alias only if it beats the incumbent."""
     logger = get_run_logger()
     evaluated = {record.run_id: (t, record) for t, record in candidates if t.evaluation is not None}
-    best, record = evaluated[
-        decisions.best({k: t.evaluation.scored["mse"] for k, (t, _) in evaluated.items()})
-    ]
+    scores = {run_id: t.evaluation.scored["mse"] for run_id, (t, _) in evaluated.items()}
+    best, record = evaluated[decisions.best(scores)]
     scored = best.evaluation.scored
     features = list(prepared.normalizer.features)
-    _, which = _scoring_rows(prepared)
+    rows, which = _scoring_rows(prepared)
     if refused := _refusal(model_name, best.variant, scored, which, max_val_rmse, features):
         message, incumbent = refused
         logger.warning(message)
         return Promotion(model_name, None, best.variant, "blocked", scored["mse"], None, incumbent, message)
-    version = _register(model_name, best, record, loaded)
-    promotion = _promote(model_name, version, best.variant, prepared)
+    # a new version of the best model's logged model, tagged with its metrics and lineage
+    metrics = {k: f"{v:.10g}" for k, v in best.evaluation.metrics().items() if math.isfinite(v)}
+    tags = {"variant": best.variant, **metrics, **prefect_tags(), "data_hash": loaded.digest}
+    version = tracking.register_version(model_name, record.model_uri, record.run_id, tags)
+    promotion = _promote(model_name, version, best.variant, rows, which)
     logger.info(promotion.message)
     return promotion
 

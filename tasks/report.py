@@ -63,11 +63,8 @@ def summary_markdown(rows: list[dict[str, str]], trained: list[Trained], run: Tr
     elif evaluations:
         lines.append("Exact optimum: none (a network has no closed-form fit; the line has).")
     lines += [f"- **{t.variant}**: {outcome_line(t)}" for t in trained]
-    lines += ["", table]
-    if run.url:
-        lines.append(f"MLflow parent run: [{run.parent_run_id}]({run.url})")
-    else:
-        lines.append(f"MLflow parent run: `{run.parent_run_id}`")
+    link = f"[{run.parent_run_id}]({run.url})" if run.url else f"`{run.parent_run_id}`"
+    lines += ["", table, f"MLflow parent run: {link}"]
     return "\n".join(lines) + "\n"
 
 

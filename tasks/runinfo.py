@@ -23,12 +23,7 @@ def provenance() -> str:
     ui = get_current_settings().ui_url
     who = f"[{name}]({ui}/runs/flow-run/{run_id})" if ui and run_id else f"{name} (`{run_id}`)"
     line = f"Produced by Prefect flow run {who}"
-    if deployment.get_name():
-        dep_id = deployment.get_id()
-        dep = (
-            f"[{deployment.get_name()}]({ui}/deployments/deployment/{dep_id})"
-            if ui
-            else deployment.get_name()
-        )
-        line += f" of deployment {dep}"
+    if dep := deployment.get_name():
+        link = f"[{dep}]({ui}/deployments/deployment/{deployment.get_id()})" if ui else dep
+        line += f" of deployment {link}"
     return line + "."

@@ -29,7 +29,7 @@ from training.serving import Predictor, save_model
 
 def spool_root() -> Path:
     """Where unrecorded results wait: ``<state dir>/spool``."""
-    return environment.spool_dir()
+    return environment.state_dir() / "spool"
 
 
 def folder(parent_run_id: str) -> Path:
@@ -107,8 +107,7 @@ def write(parent_run_id: str, parent: dict[str, Any], payloads: list[VariantPayl
 
 def pending(parent_run_id: str | None = None) -> list[Path]:
     """Parent folders that still hold unrecorded variants (all, or one parent run's)."""
-    root = spool_root()
-    folders = [folder(parent_run_id)] if parent_run_id else sorted(root.glob("*")) if root.exists() else []
+    folders = [folder(parent_run_id)] if parent_run_id else sorted(spool_root().glob("*"))
     return [f for f in folders if (f / "parent.json").exists()]
 
 

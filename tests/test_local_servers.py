@@ -17,6 +17,7 @@ import pytest
 from mlflow import MlflowClient
 
 from ops import servers
+from tasks import environment
 
 from . import sockets
 from .conftest import subprocess_env
@@ -94,7 +95,7 @@ def test_ui_servers_show_earlier_runs_take_new_ones_listen_on_loopback_only_and_
         # 6. make stop: exactly those processes
         stopped = make(["stop"], make_env)
     assert "prefect" in stopped and "mlflow" in stopped
-    assert not any(servers.alive(s["pid"]) for s in state.values())
+    assert not any(environment.alive(s["pid"]) for s in state.values())
     assert not list((home / ".run").glob("*.json"))
 
 

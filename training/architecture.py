@@ -83,14 +83,10 @@ class Architecture:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready; ``from_dict`` reverses it. The line's has no hidden layer to describe."""
-        if self.is_linear:
-            return {"model": self.model, "features": self.features}
-        return {
-            "model": self.model,
-            "features": self.features,
-            "hidden": self.hidden,
-            "activation": self.activation,
-        }
+        data: dict[str, Any] = {"model": self.model, "features": self.features}
+        if not self.is_linear:
+            data.update(hidden=self.hidden, activation=self.activation)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Architecture:

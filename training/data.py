@@ -26,11 +26,8 @@ CSV_SUFFIXES = (".csv", ".txt", ".tsv")
 
 def file_digest(path: str | Path) -> str:
     """Return the SHA-256 of a file's bytes (the data version recorded with every run)."""
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _read_frame(path: Path, source: str) -> pd.DataFrame:
@@ -75,13 +72,11 @@ def _numeric_column(frame: pd.DataFrame, column: str, source: str) -> np.ndarray
         raise DataError(source, f"non-numeric value {raw.iloc[row]!r} in data row {row + 1}", column)
     missing = values.isna()
     if missing.any():
-        rows = (np.flatnonzero(missing.to_numpy()) + 1).tolist()
-        raise DataError(source, f"missing value in data row(s) {_first_rows(rows)}", column)
+        raise DataError(source, f"missing value in data row(s) {_first_rows(missing.to_numpy())}", column)
     array = values.to_numpy(dtype=np.float64)
     infinite = ~np.isfinite(array)
     if infinite.any():
-        rows = (np.flatnonzero(infinite) + 1).tolist()
-        raise DataError(source, f"infinite value in data row(s) {_first_rows(rows)}", column)
+        raise DataError(source, f"infinite value in data row(s) {_first_rows(infinite)}", column)
     huge = np.abs(array) > LARGEST_VALUE
     if huge.any():
         row = int(np.flatnonzero(huge)[0])
@@ -94,7 +89,8 @@ def _numeric_column(frame: pd.DataFrame, column: str, source: str) -> np.ndarray
     return array
 
 
-def _first_rows(rows: list[int], limit: int = 5) -> str:
+def _first_rows(where: np.ndarray, limit: int = 5) -> str:
+    rows = (np.flatnonzero(where) + 1).tolist()  # data rows count from 1
     shown = ", ".join(str(r) for r in rows[:limit])
     return shown + (f" and {len(rows) - limit} more" if len(rows) > limit else "")
 

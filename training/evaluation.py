@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -41,15 +41,9 @@ class Evaluation:
 
     def metrics(self) -> dict[str, float]:
         """Flat metric names, as recorded: ``train_mse``, ``val_rmse``, ``optimum_gap``, ..."""
-        flat = {f"train_{k}": v for k, v in self.train.items()}
-        flat.update({f"val_{k}": v for k, v in self.val.items()})
-        flat.update(
-            optimum_mse=self.optimum_mse,
-            optimum_gap=self.optimum_gap,
-            grad_check_init=self.grad_check_init,
-            grad_check_final=self.grad_check_final,
-        )
-        return flat
+        fields = asdict(self)  # the splits' metrics prefixed with the split, then every other field as it is
+        flat = {f"{split}_{k}": v for split in ("train", "val") for k, v in fields.pop(split).items()}
+        return flat | fields
 
 
 def optimum_mse(x: torch.Tensor, y: torch.Tensor) -> float:

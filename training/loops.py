@@ -25,7 +25,6 @@ from training.model import design_matrix, mse, mse_grad_design, predict_design
 
 logger = logging.getLogger(__name__)
 
-Variant = Literal["manual", "autograd", "optimizer"]
 VARIANTS: tuple[str, ...] = ("manual", "autograd", "optimizer")
 
 HINT = "normalise the inputs (normalize=scale, zscore or minmax) or use a smaller learning rate"
@@ -267,15 +266,14 @@ def train(
         )
 
     result = TrainResult(variant=variant, params=params)
-    train_curve, val_curve = result.train_loss, result.val_loss
     for epoch in range(1, epochs + 1):
         val_value = None
         if trainee.val_loss is not None:
             with torch.no_grad():
                 val_value = trainee.val_loss().item()
-            val_curve.append(val_value)
+            result.val_loss.append(val_value)
         value = step().item()
-        train_curve.append(value)
+        result.train_loss.append(value)
         if on_epoch is not None:
             on_epoch(epoch, value, val_value)
         if not math.isfinite(value):

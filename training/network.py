@@ -18,6 +18,7 @@ from torch.nn import functional as F
 
 ACTIVATIONS: tuple[str, ...] = ("tanh", "relu", "sigmoid")
 _MODULES = {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid}
+_FUNCTIONS = {"tanh": torch.tanh, "relu": torch.relu, "sigmoid": torch.sigmoid}
 
 
 def shapes(features: int, hidden: int) -> dict[str, tuple[int, ...]]:
@@ -62,13 +63,9 @@ def from_state_dict(state: dict, features: int, hidden: int) -> torch.Tensor:
 
 def activate(z: torch.Tensor, activation: str) -> torch.Tensor:
     """The hidden layer's activation, elementwise."""
-    if activation == "tanh":
-        return torch.tanh(z)
-    if activation == "relu":
-        return torch.relu(z)
-    if activation == "sigmoid":
-        return torch.sigmoid(z)
-    raise ValueError(f"unknown activation {activation!r}; expected one of {', '.join(ACTIVATIONS)}")
+    if activation not in _FUNCTIONS:
+        raise ValueError(f"unknown activation {activation!r}; expected one of {', '.join(ACTIVATIONS)}")
+    return _FUNCTIONS[activation](z)
 
 
 def activation_slope(z: torch.Tensor, a: torch.Tensor, activation: str) -> torch.Tensor:
@@ -150,26 +147,22 @@ def mse_grad(
     return backward(cache, params, t, t_p, activation)
 
 
-def module(features: int, hidden: int, activation: str, params: torch.Tensor | None = None) -> nn.Sequential:
+def module(features: int, hidden: int, activation: str, params: torch.Tensor) -> nn.Sequential:
     """The network as the book builds it, ``nn.Sequential(Linear(k, h), activation, Linear(h, 1))``.
 
     Its parameters are copies of ``params`` (in its dtype and on its device), never views: training the
-    module leaves ``params`` alone. Without ``params`` it holds uninitialised memory. The layers are built
-    with ``skip_init``, so the global random generator is never drawn from.
+    module leaves ``params`` alone. The layers are built with ``skip_init``, so the global random generator
+    is never drawn from.
     """
-    like = params if params is not None else torch.empty(0)
-    layers = [
-        nn.utils.skip_init(nn.Linear, features, hidden, dtype=like.dtype, device=like.device),
+    like = {"dtype": params.dtype, "device": params.device}
+    net = nn.Sequential(
+        nn.utils.skip_init(nn.Linear, features, hidden, **like),
         _MODULES[activation](),
-        nn.utils.skip_init(nn.Linear, hidden, 1, dtype=like.dtype, device=like.device),
-    ]
-    net = nn.Sequential(*layers)
-    if params is not None:
-        with torch.no_grad():
-            for target, value in zip(
-                net.parameters(), unflatten(params, features, hidden).values(), strict=True
-            ):
-                target.copy_(value)
+        nn.utils.skip_init(nn.Linear, hidden, 1, **like),
+    )
+    with torch.no_grad():
+        for target, value in zip(net.parameters(), unflatten(params, features, hidden).values(), strict=True):
+            target.copy_(value)
     return net
 
 

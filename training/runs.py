@@ -58,8 +58,8 @@ def train_variant(
         lr=config.lr,
         epochs=config.epochs,
         init=config.initial_params(),
-        x_val=prepared.x_val if prepared.has_val else None,
-        y_val=prepared.y_val if prepared.has_val else None,
+        x_val=prepared.x_val,  # train skips a validation split without rows
+        y_val=prepared.y_val,
         optimizer=config.optimizer,
         optimizer_options=config.optimizer_options,
         on_epoch=on_epoch,
@@ -75,13 +75,13 @@ def evaluate_trained(trained: Trained, prepared: Prepared, config: TrainingConfi
     """
     if not trained.converged:
         return trained
-    val = (prepared.x_val, prepared.y_val) if prepared.has_val else (None, None)
     ev = evaluate(
         trained.result.params,
         config.initial_params(),
         prepared.x_train,
         prepared.y_train,
-        *val,
+        prepared.x_val,  # evaluate skips it likewise
+        prepared.y_val,
         best_mse=optimum,
         model=config.architecture(),
     )

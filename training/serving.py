@@ -17,7 +17,7 @@ module itself never imports MLflow.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ class Predictor:
     normalizer: Normalizer
     target: str
     variant: str = ""
-    architecture: Architecture | None = field(default=None)  # None: the line over the normalizer's features
+    architecture: Architecture | None = None  # None: the line over the normalizer's features
 
     def __post_init__(self) -> None:
         if self.architecture is None:
@@ -69,9 +69,6 @@ class Predictor:
         with torch.no_grad():
             t_p = self.architecture.predict(self.normalizer.apply(x), self.params.to(torch.float64))
         return pd.DataFrame({self.target: t_p.numpy()}, index=frame.index)
-
-
-LinearPredictor = Predictor  # the name from before the network: a Predictor of the line
 
 
 def save_model(path: str | Path, predictor: Predictor) -> Path:

@@ -20,9 +20,6 @@ from training.loops import VARIANTS, initial_params, make_optimizer, optimizer_c
 from training.network import ACTIVATIONS, seeded_init
 from training.normalize import METHODS
 
-Normalize = Literal[METHODS]
-ModelKind = Literal[MODELS]
-Activation = Literal[ACTIVATIONS]
 VariantName = Literal[VARIANTS]
 OptimizerName = Literal[tuple(optimizer_classes())]  # every torch.optim class: a drop-down in the UI
 
@@ -72,16 +69,16 @@ class TrainingConfig(Settings):
     target: Annotated[str, Field(min_length=1)] = Field(
         "t_c", description="the column to predict (must not be among features)"
     )
-    model: ModelKind = Field(
+    model: Literal[MODELS] = Field(
         "linear",
         description="linear: the line y = x @ w + b; mlp: chapter 6's network, "
         "Linear(features, hidden) -> activation -> Linear(hidden, 1)",
     )
     hidden: Annotated[int, Field(ge=1)] = Field(8, description="hidden units of the network (model=mlp)")
-    activation: Activation = Field(
+    activation: Literal[ACTIVATIONS] = Field(
         "tanh", description="the network's activation: tanh, relu or sigmoid (model=mlp)"
     )
-    normalize: Normalize = Field(
+    normalize: Literal[METHODS] = Field(
         "scale",
         description="none, scale (multiply by scale), zscore or minmax; fitted on the training split, "
         "saved with the model",
@@ -132,12 +129,8 @@ class TrainingConfig(Settings):
                 "init sets the line's starting parameters; the network (model=mlp) starts from nn.Linear's "
                 "default init seeded by seed: change seed instead"
             )
-        try:
-            make_optimizer(
-                self.optimizer, [torch.zeros(1, requires_grad=True)], self.lr, self.optimizer_options
-            )
-        except ConfigError as exc:
-            raise ValueError(str(exc)) from None
+        # a ConfigError is a ValueError: pydantic reports it as this model's error, naming the problem
+        make_optimizer(self.optimizer, [torch.zeros(1, requires_grad=True)], self.lr, self.optimizer_options)
         return self
 
     def architecture(self) -> Architecture:
