@@ -74,9 +74,11 @@ deploy: setup
 	$(ENV) prefect --no-prompt deploy --all
 	$(ENV) $(PY) -m ops.automations
 
-## Start a worker for the pool; it runs scheduled and triggered flow runs.
+## Start a worker for the pool; it runs scheduled and triggered flow runs (make worker WORKER_LIMIT=2: at most
+## two at once, leaving the others to the pool's other workers).
+WORKER_LIMIT ?=
 worker: setup
-	$(ENV) prefect worker start --pool $(WORK_POOL) --type process
+	$(ENV) prefect worker start --pool $(WORK_POOL) --type process $(if $(WORKER_LIMIT),--limit $(WORKER_LIMIT))
 
 ## Start a run of a deployment now (make trigger DEPLOYMENT=train/weekly-adam); a worker or `make serve` runs it.
 DEPLOYMENT ?= train/nightly

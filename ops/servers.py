@@ -66,8 +66,8 @@ def mlflow_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return {**env, **(extra or {})}
 
 
-def spawn(cmd: list[str], env: Mapping[str, str], log: Path) -> subprocess.Popen:
-    """Start ``cmd`` in its own process group, its output appended to ``log``."""
+def spawn(cmd: list[str], env: Mapping[str, str], log: Path, cwd: Path | str = REPO_ROOT) -> subprocess.Popen:
+    """Start ``cmd`` in ``cwd`` (this checkout) in its own process group, its output appended to ``log``."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         return subprocess.Popen(
@@ -77,7 +77,7 @@ def spawn(cmd: list[str], env: Mapping[str, str], log: Path) -> subprocess.Popen
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            cwd=REPO_ROOT,
+            cwd=cwd,
         )
 
 

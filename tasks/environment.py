@@ -145,7 +145,7 @@ def apply(environ: MutableMapping[str, str] = os.environ) -> dict[str, str]:
 
 
 def deployment_variables(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """What `make deploy` hands to prefect.yaml's templates: the checkout, the tracking server, the heartbeat.
+    """What `make deploy` hands to prefect.yaml's templates: the tracking server and the heartbeat.
 
     ``PIPELINE_MLFLOW_URI`` (the tracking server deployed runs record to) defaults to the MLflow server in
     use, else the one `make ui` would start.
@@ -153,7 +153,17 @@ def deployment_variables(environ: Mapping[str, str] = os.environ) -> dict[str, s
     tracking = environ.get("MLFLOW_TRACKING_URI", "")
     server = tracking if tracking.startswith(("http://", "https://")) else f"http://{LOOPBACK}:5000"
     return {
-        "PIPELINE_DIR": environ.get("PIPELINE_DIR") or str(REPO_ROOT),
         "PIPELINE_MLFLOW_URI": environ.get("PIPELINE_MLFLOW_URI") or server,
         "PIPELINE_HEARTBEAT_SECONDS": str(HEARTBEAT_SECONDS),
     }
+
+
+def checkout() -> dict[str, str]:
+    """The deployments' pull step: a flow run works in the checkout that its worker runs the project from.
+
+    A worker started by `make worker` (``python -m ops.env``) starts flow runs with its checkout's ``python``,
+    which imports this module from that checkout (its ``.venv`` installs it editable), so each worker machine
+    runs its own clone's code and reads relative data paths there, wherever it cloned the repository. Prefect
+    changes to the ``directory`` a pull step returns before it loads the flow.
+    """
+    return {"directory": str(REPO_ROOT)}

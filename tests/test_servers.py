@@ -228,7 +228,7 @@ def test_every_deployment_exists_with_its_cron_schedule_and_upcoming_runs(stack,
         assert d.job_variables["env"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == str(
             environment.HEARTBEAT_SECONDS
         )
-        assert d.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}]
+        assert d.pull_steps == [{"tasks.environment.checkout": {}}]  # the worker's own checkout
         assert d.concurrency_options.collision_strategy.value == "CANCEL_NEW"
         assert d.global_concurrency_limit is not None and d.global_concurrency_limit.limit == 1
         runs = upcoming[name]
