@@ -513,6 +513,6 @@ def test_a_run_killed_while_recording_leaves_no_mlflow_run_running(stack, deploy
         assert run.info.status == "KILLED", status
         assert KILLED_NOTE.format(doomed.id) in run.data.tags["mlflow.note.content"]
     # the results of the variants cut off still wait in the worker's spool (for `make upload`)
-    spooled = environment.spool_dir(stack.client_env) / parent.info.run_id
+    spooled = environment.state_dir(stack.client_env) / "spool" / parent.info.run_id
     assert {r.data.tags["variant"] for r in open_children} <= {p.name for p in spool.variants(spooled)}
     shutil.rmtree(spooled)  # in the session's state directory: leave nothing for another test's upload
