@@ -58,6 +58,14 @@ def data_key(config: TrainingConfig) -> tuple:
     return tuple(tuple(v) if isinstance(v := getattr(config, f), list) else v for f in DATA_FIELDS)
 
 
+def by_data(configs: list[tuple[TrainingConfig, str]], index: list[int]) -> dict[tuple, list[int]]:
+    """The trials of ``index`` grouped by the data set they train on (``data_key``), in order."""
+    groups: dict[tuple, list[int]] = {}
+    for i in index:
+        groups.setdefault(data_key(configs[i][0]), []).append(i)
+    return groups
+
+
 def engine_trial(config: TrainingConfig, variant: str) -> Trial:
     """The sweep engine's view of one trial."""
     weight = config.init.weight
@@ -98,11 +106,8 @@ def jobs_for(
     pieces: int = 1,
 ) -> list[Job]:
     """Chunks of trials, one data set each, at most ``chunk_size`` and at least ``pieces`` per data set."""
-    by_key: dict[tuple, list[int]] = {}
-    for i, (config, _) in enumerate(configs):
-        by_key.setdefault(data_key(config), []).append(i)
     jobs = []
-    for key_no, (key, index) in enumerate(by_key.items()):
+    for key_no, (key, index) in enumerate(by_data(configs, list(range(len(configs)))).items()):
         p = prepared[key]
         tensors = (p.x_train, p.y_train, p.x_val if p.has_val else None, p.y_val if p.has_val else None)
         size = min(settings.chunk_size or len(index), math.ceil(len(index) / pieces))
@@ -250,11 +255,8 @@ def retrain_top(
     The engine equals ``loops.train`` trial by trial, so these are the numbers the sweep's table reports;
     ``seconds`` is the batch's time divided among its trials.
     """
-    by_key: dict[tuple, list[int]] = {}
-    for i in top:
-        by_key.setdefault(data_key(configs[i][0]), []).append(i)
     out = {}
-    for key, index in by_key.items():
+    for key, index in by_data(configs, top).items():
         p = prepared[key]
         val = (p.x_val, p.y_val) if p.has_val else (None, None)
         started_ms, t0 = int(time.time() * 1000), time.perf_counter()
