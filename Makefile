@@ -43,7 +43,7 @@ sweep: setup
 
 ## Training loops and the whole flow against ../shared/baseline/seed_loops.py, as ratios.
 bench: setup
-	$(PY) benchmarks/bench_training.py
+	$(PY) benchmarks/bench_training.py --profile
 
 ## Delete local runtime state (Prefect home, MLflow database and artifacts).
 clean-state:

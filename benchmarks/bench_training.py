@@ -8,7 +8,8 @@ user runs it) against the baseline script (a process each), alternating, median 
 3. 50,000 epochs of all three variants against the servers, against ``seed_loops.py 50000`` (target <= 1.5x);
 4. data size: the same flow on 10,000 and 1,000,000 rows (10 features, 50 epochs), wall time and peak memory
    (target: at most 2x the time, at most 1.5 GiB); ``--rows 10000 1000000 10000000`` adds ten million;
-5. ``--profile``: py-spy's largest items of one embedded run.
+5. with ``--profile`` (``make bench`` passes it): py-spy's CPU samples of one run against the servers and one
+   embedded run, by category (imports by package, training, recording, Prefect).
 
 Usage: ``make bench``, or ``.venv/bin/python benchmarks/bench_training.py --pairs 3 --profile``.
 """
@@ -215,8 +216,32 @@ def data_size(tmp: Path, sizes: list[int]) -> None:
     print(f"  {large:,} rows take {ratio:.2f}x the time of {small:,} (target <= 2x)")
 
 
-def profile_top(env: dict[str, str], limit: int = 15) -> None:
-    """Where one embedded run spends its time: py-spy's samples, the pipeline's largest inclusive items."""
+def _category(stack: str) -> str:
+    """What one sampled stack (py-spy's raw format, outermost frame first) was doing."""
+    if "_find_and_load" in stack:
+        if "make_optimizer" in stack:
+            return "import torch._dynamo (the first torch.optim optimizer; the baseline pays it too)"
+        for frame in stack.split(";"):
+            if frame.startswith("<module> ("):
+                top = frame[len("<module> (") :].split("/")[0].split(".")[0]
+                if top not in ("flows", "tasks", "training", "ops", "<frozen importlib"):
+                    return f"import {top}"
+        return "import (other)"
+    if "(training/loops.py" in stack:
+        return "training loops"
+    if "(tasks/recorder.py" in stack or "(tasks/record.py" in stack:
+        kinds = (("savefig", "figures"), ("log_model (", "models"), ("_log_metric_batches", "curves"))
+        for marker, kind in kinds:
+            if marker in stack:
+                return f"recording: {kind}"
+        return "recording: other MLflow requests"
+    if "prefect/" in stack:
+        return "Prefect: engine, API client, logs, events"
+    return "other"
+
+
+def profile_top(env: dict[str, str], limit: int = 12) -> None:
+    """Where one run spends its CPU: py-spy's samples of every thread (idle ones left out), by category."""
     spy = Path(sys.executable).with_name("py-spy")
     if not spy.exists():
         print("  (py-spy is not installed: pip install py-spy)")
@@ -227,17 +252,13 @@ def profile_top(env: dict[str, str], limit: int = 15) -> None:
             cwd=REPO, env=env, capture_output=True, check=True,
         )  # fmt: skip
         counts: dict[str, int] = {}
-        total = 0
         for line in Path(raw.name).read_text().splitlines():
             stack, _, n = line.rpartition(" ")
-            total += int(n)
-            for frame in set(stack.split(";")):
-                if re.search(
-                    r"\((training|tasks|flows)/|savefig|log_model|Model.log|import_module|SGD.__init__", frame
-                ):
-                    counts[frame] = counts.get(frame, 0) + int(n)
-    for frame, n in sorted(counts.items(), key=lambda kv: -kv[1])[:limit]:
-        print(f"  {n / total * 100:5.1f}%  {frame[:100]}")
+            counts[_category(stack)] = counts.get(_category(stack), 0) + int(n)
+    total = sum(counts.values())
+    print(f"  {total / 100:5.2f} s of samples in all (100 a second; profiling slows the run)")
+    for category, n in sorted(counts.items(), key=lambda kv: -kv[1])[:limit]:
+        print(f"  {n / 100:5.2f} s {n / total * 100:5.1f}%  {category}")
 
 
 def main() -> None:
@@ -246,7 +267,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--skip-flow", action="store_true")
     parser.add_argument("--rows", type=int, nargs="+", default=[10_000, 1_000_000], help="data-size rows")
-    parser.add_argument("--profile", action="store_true", help="py-spy's top items of one embedded run")
+    parser.add_argument("--profile", action="store_true", help="py-spy's CPU profile of a run, by category")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, {EPOCHS} epochs, median of {args.repeats}\n")
 
@@ -266,6 +287,9 @@ def main() -> None:
             env = env_for(str(tmp / "s1"), PREFECT_API_URL=api, MLFLOW_TRACKING_URI=mlflow)
             run(flow_cmd(), env)  # warm: experiment and model exist
             versus("   default", flow_cmd(), env, script, args.pairs)
+            if args.profile:
+                print("   profile of one run against the servers (py-spy, CPU by category)")
+                profile_top(env)
             print("\n3. 50,000 epochs of all three variants against the same servers (target <= 1.5x)")
             versus("   50,000 epochs", flow_cmd("epochs=50000"), env, [*script, "50000"], args.pairs)
         print("\n2. the default flow with embedded defaults, warm (target <= 3.5x)")
@@ -275,13 +299,13 @@ def main() -> None:
         log = versus("   embedded, warm", flow_cmd(), env, script, args.pairs)
         for phase, span in flow_phases(log).items():
             print(f"     {phase:<48} {span:6.2f} s")
+        if args.profile:
+            print("   profile of one embedded run (py-spy, CPU by category)")
+            profile_top(env)
         print(
             "\n4. data size: 10 features, z-scored, 50 epochs, embedded defaults (target <= 2x, <= 1.5 GiB)"
         )
         data_size(tmp, args.rows)
-        if args.profile:
-            print("\nprofile of one embedded run (py-spy, inclusive share of samples)")
-            profile_top(env)
 
 
 if __name__ == "__main__":

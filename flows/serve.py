@@ -6,7 +6,6 @@ schedules and concurrency limits, read from prefect.yaml so there is one place t
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -50,8 +49,7 @@ def deployments_from_yaml(path: Path = PREFECT_YAML) -> list:
 
 def main() -> None:
     """Apply the environment, then serve (runs send heartbeats, as deployed runs do)."""
-    environment.apply()
-    os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", str(environment.HEARTBEAT_SECONDS))
+    environment.apply()  # its defaults include the heartbeat
     from prefect import serve
 
     serve(*deployments_from_yaml())

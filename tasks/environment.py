@@ -20,8 +20,9 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
 
-# Deployed runs send a heartbeat this often (prefect.yaml reads it through `make deploy`); a run whose
-# heartbeats stop for three periods is marked Crashed by the automation in ops/automations.py.
+# Flow runs against a Prefect server send a heartbeat this often (deployed runs through prefect.yaml, which
+# `make deploy` fills in); a run whose heartbeats stop for three periods is marked Crashed by the automation
+# in ops/automations.py.
 HEARTBEAT_SECONDS = 30
 ZOMBIE_HEARTBEATS = 3
 # MLflow's client retries each request this often, 1, 2, 4 ... 64 s apart (about two minutes in all), so a
@@ -115,6 +116,10 @@ def embedded(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(MLFLOW_RETRIES),
         "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(MLFLOW_BACKOFF),
+        # a flow run against a Prefect server sends a heartbeat this often (Prefect's default is 180 s, longer
+        # than the zombie automation's window: a long run started from the command line would be marked
+        # Crashed while it runs); flows/run.py turns them off on the temporary API
+        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS),
         # a worker's health-check server (off unless asked for) would otherwise listen on every interface
         "PREFECT_WORKER_WEBSERVER_HOST": "127.0.0.1",
         # artifacts of experiments created on a database store (ignored when a tracking server decides)

@@ -42,12 +42,12 @@ LOADER_MODULE = "training.serving"
 BATCH = 1000  # metrics per log_batch request (the server's limit)
 SENDERS = 8  # log_batch requests in flight at once against a tracking server
 CURVE_POINTS = 1_000  # the most points of one curve in a run's metric history (every epoch up to this)
-# Model.log validates the input example inside a context manager that sets and then deletes the process-wide
-# variable _MLFLOW_IS_IN_SERVING_ENVIRONMENT; two threads doing it at once raise KeyError. One at a time.
-_MODEL_LOG_LOCK = threading.Lock()
 # SQLite store URIs this process has found at the current schema, or created and migrated under the lock.
 _OPENED: set[str] = set()
 _OPENING = threading.Lock()
+# Model.log fills MLflow's caches on first use without a lock (the map of installed packages that checks the
+# requirements takes 0.5 s to build, and threads arriving together each build it): one model at a time.
+_MODEL_LOG_LOCK = threading.Lock()
 
 
 def tracking_uri() -> str:
@@ -337,7 +337,7 @@ def log_model(run_id: str, experiment_id: str, predictor: Predictor, input_examp
         info = Model.log(
             artifact_path=None,
             name=MODEL_NAME,
-            flavor=mlflow.pyfunc,
+            flavor=_Pyfunc,
             run_id=run_id,
             model_id=logged.model_id,
             loader_module=LOADER_MODULE,
@@ -345,8 +345,24 @@ def log_model(run_id: str, experiment_id: str, predictor: Predictor, input_examp
             signature=signature,
             input_example=input_example,
             pip_requirements=_pip_requirements(),
+            validate_serving_input=False,
         )
     return info.model_uri
+
+
+class _Pyfunc:
+    """``mlflow.pyfunc`` as the flavor ``Model.log`` saves with, taking ``Model.log``'s own option
+    ``validate_serving_input`` (which it passes on to the flavor, as MLflow's transformers flavor does).
+
+    Off: that check serves the input example from the saved copy and only warns if it fails (the tests load
+    and predict with every logged model instead), and it sets and then deletes a process-wide variable, so
+    that two threads logging models at once break each other (a KeyError). Without it the three variants'
+    models are logged at the same time instead of one after another under a lock.
+    """
+
+    @staticmethod
+    def save_model(validate_serving_input: bool = True, **kwargs: Any) -> None:
+        mlflow.pyfunc.save_model(**kwargs)
 
 
 def _pip_requirements() -> list[str]:
