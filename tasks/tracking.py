@@ -46,7 +46,7 @@ CURVE_POINTS = 1_000  # the most points of one curve in a run's metric history (
 _OPENED: set[str] = set()
 _OPENING = threading.Lock()
 # Model.log fills MLflow's caches on first use without a lock (the map of installed packages that checks the
-# requirements takes 0.5 s to build, and threads arriving together each build it): one model at a time.
+# requirements takes 0.3 s to build, and threads arriving together each build it): one model at a time.
 _MODEL_LOG_LOCK = threading.Lock()
 
 
@@ -354,10 +354,8 @@ class _Pyfunc:
     """``mlflow.pyfunc`` as the flavor ``Model.log`` saves with, taking ``Model.log``'s own option
     ``validate_serving_input`` (which it passes on to the flavor, as MLflow's transformers flavor does).
 
-    Off: that check serves the input example from the saved copy and only warns if it fails (the tests load
-    and predict with every logged model instead), and it sets and then deletes a process-wide variable, so
-    that two threads logging models at once break each other (a KeyError). Without it the three variants'
-    models are logged at the same time instead of one after another under a lock.
+    Off: that check loads the saved copy and serves the input example through it, and only warns if it fails
+    (the tests load and predict with every logged model instead).
     """
 
     @staticmethod
