@@ -8,9 +8,14 @@ to the open files of every process in each server's session, children included.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -126,3 +131,34 @@ def prefect_flow_runs(api_url: str) -> list[str]:
             return [r.state_name for r in await client.read_flow_runs()]
 
     return asyncio.run(read())
+
+
+def test_a_run_on_the_temporary_api_listens_on_loopback_only_and_leaves_no_server_behind(tmp_path):
+    """`make run` with embedded defaults starts Prefect's temporary API itself (``flows/run.py``): it listens
+    on loopback only while the run lasts, and nothing of the run's process session outlives the run."""
+    train = ["-m", "flows.run", "train", "epochs=2000", 'variants=["manual"]', "model_name=null"]
+    log = tmp_path / "run.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, *train],
+            cwd=REPO,
+            env=subprocess_env(tmp_path / "state"),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # the run and every process it starts share a session we can list
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while "Beginning flow run" not in log.read_text():  # the API answers by then
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        started = re.search(r"Starting temporary server on http://127\.0\.0\.1:(\d+)/api", log.read_text())
+        assert_listens_on_loopback_only("temporary Prefect API", proc.pid, int(started[1]))
+        assert proc.wait(timeout=240) == 0, log.read_text()[-3000:]
+        assert "Stopping temporary server" in log.read_text()
+        time.sleep(1)  # a server stopped at exit has gone by now; one left running has not
+        left = sockets.session_processes(proc.pid)
+        assert not left, f"processes of the run outlived it: {left}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
