@@ -5,7 +5,8 @@ weights and curves wait (``<state dir>/spool/<parent run id>/``). Once a server 
 another: set ``MLFLOW_TRACKING_URI``), this records every waiting variant as a child run with its curves,
 metrics, plots and model, closes the parent run (created again if the server never had it) with every
 variant's curve in its overlay, and deletes the local copy. Child runs left half-written by the failed
-attempt are marked KILLED.
+attempt are marked KILLED. The variants of a run whose process was killed (its parent closed KILLED by a later
+run) are recorded the same way, and that parent stays KILLED, its note saying what was added.
 """
 
 from __future__ import annotations
@@ -24,17 +25,25 @@ def upload(parent_folder: Path) -> str:
     parent = json.loads((parent_folder / "parent.json").read_text())
     experiment_id = tracking.ensure_experiment(parent["experiment"])
     parent_run_id = parent["run_id"]
-    if not tracking.run_exists(parent_run_id):
+    state = tracking.run_state(parent_run_id)
+    if state is None:
         tags = parent["tags"]
         parent_run_id = tracking.start_run(
             experiment_id, tags.get("prefect.flow_run_name") or "upload", tags, parent["params"]
         )
-    for folder in spool.variants(parent_folder):
+    waiting = spool.variants(parent_folder)
+    for folder in waiting:
         record_variant(spool.read(folder), experiment_id, parent_run_id, str(folder))
         spool.remove(folder)
-    # the overlay and headline cover every variant, those recorded before MLflow went away included
-    note = f"Recorded from the local spool ({parent_folder}): the tracking server was unreachable in the run."
-    close_parent(parent_run_id, parent["curves"], parent["metrics"], parent["epochs"], note)
+    recorded = f"recorded from the local spool ({parent_folder}): {', '.join(f.name for f in waiting)}"
+    if state and state[0] == tracking.KILLED:
+        # the run's process was killed and a later run closed its parent KILLED: its flow never finished (no
+        # model registered), so the parent stays KILLED and its note says what was added since
+        tracking.set_tags(parent_run_id, {"mlflow.note.content": f"{state[1]}\n\nLater {recorded}."})
+    else:
+        # the overlay and headline cover every variant, those recorded before MLflow went away included
+        note = f"The tracking server was unreachable in the run; {recorded}."
+        close_parent(parent_run_id, parent["curves"], parent["metrics"], parent["epochs"], note)
     spool.cleanup(parent["run_id"])
     return parent_run_id
 

@@ -469,15 +469,15 @@ def model_io(model_uri: str) -> tuple[list[str], str]:
     return info.signature.inputs.input_names(), info.signature.outputs.input_names()[0]
 
 
-def run_exists(run_id: str) -> bool:
-    """True when the tracking store has this run."""
+def run_state(run_id: str) -> tuple[str, str] | None:
+    """``(status, note)`` of a run, or None when the tracking store does not have it."""
     try:
-        client().get_run(run_id)
+        run = client().get_run(run_id)
     except mlflow.exceptions.MlflowException as exc:
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return False
+            return None
         raise
-    return True
+    return run.info.status, run.data.tags.get("mlflow.note.content", "")
 
 
 def flow_run_record(experiment: str, flow_run_id: str) -> tuple[str, str, list[str]]:

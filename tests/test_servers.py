@@ -486,7 +486,8 @@ RECORDING_EPOCHS = CURVE_POINTS
 
 def test_a_run_killed_while_recording_leaves_no_mlflow_run_running(stack, deployed):
     """SIGKILL the worker and its flow-run process while the variants' child runs are being recorded: Prefect
-    marks the run Crashed; the next run closes the parent and each child left open KILLED; none stays open."""
+    marks the run Crashed; the next run closes the parent and each child left open KILLED; none stays open.
+    Then `make upload` records the variants cut off, and the parent stays KILLED."""
     doomed = _trigger(stack, RECORDING_EPOCHS)
 
     def recording():  # the child runs being recorded at this moment
@@ -512,7 +513,25 @@ def test_a_run_killed_while_recording_leaves_no_mlflow_run_running(stack, deploy
     for run in [parent, *(r for r in after if r.info.run_id in {o.info.run_id for o in open_children})]:
         assert run.info.status == "KILLED", status
         assert KILLED_NOTE.format(doomed.id) in run.data.tags["mlflow.note.content"]
-    # the results of the variants cut off still wait in the worker's spool (for `make upload`)
+    # the results of the variants cut off still wait in the worker's spool; `make upload` records them
     spooled = environment.state_dir(stack.client_env) / "spool" / parent.info.run_id
-    assert {r.data.tags["variant"] for r in open_children} <= {p.name for p in spool.variants(spooled)}
-    shutil.rmtree(spooled)  # in the session's state directory: leave nothing for another test's upload
+    waiting = {p.name for p in spool.variants(spooled)}
+    assert {r.data.tags["variant"] for r in open_children} <= waiting
+    try:
+        upload = subprocess.run(
+            [sys.executable, "-m", "ops.upload", parent.info.run_id],
+            cwd=REPO, env=stack.client_env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert upload.returncode == 0, upload.stdout + upload.stderr
+        parent, uploaded = _mlflow_runs(stack, doomed.id)
+        # the killed run stays KILLED (its flow never finished), its note naming what was added
+        assert parent.info.status == "KILLED"
+        note = parent.data.tags["mlflow.note.content"]
+        assert KILLED_NOTE.format(doomed.id) in note and all(v in note.split("Later")[1] for v in waiting)
+        finished = [r.data.tags["variant"] for r in uploaded if r.info.status == "FINISHED"]
+        # one FINISHED child per variant: those recorded before the kill and those uploaded now
+        assert sorted(finished) == sorted({r.data.tags["variant"] for r in children} | waiting), finished
+        assert "RUNNING" not in {r.info.status for r in uploaded}
+        assert not spooled.exists()
+    finally:
+        shutil.rmtree(spooled, ignore_errors=True)  # shared state directory: nothing for another upload
