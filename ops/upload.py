@@ -6,7 +6,8 @@ another: set ``MLFLOW_TRACKING_URI``), this records every waiting variant as a c
 metrics, plots and model, closes the parent run (created again if the server never had it) with every
 variant's curve in its overlay, and deletes the local copy. Child runs left half-written by the failed
 attempt are marked KILLED. The variants of a run whose process was killed (its parent closed KILLED by a later
-run) are recorded the same way, and that parent stays KILLED, its note saying what was added.
+run) are recorded the same way, and that parent stays KILLED, its note saying what was added. Results whose
+flow-run process still runs are left alone: that run may be recording them.
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     tracking.check_reachable()
     for folder in folders:
+        if pid := spool.writer_running(folder):
+            print(f"skipped {folder}: process {pid}, whose flow run spooled it, runs and may be recording it")
+            continue
         run_id = upload(folder)
         print(f"uploaded {folder} as MLflow run {run_id} ({tracking.tracking_uri()})")
     return 0

@@ -1,7 +1,7 @@
 """A local copy of each variant's results, kept until MLflow has them; ``ops.upload`` sends what is left.
 
 Layout under ``<state dir>/spool/<parent run id>/``: ``parent.json`` (experiment, epochs, tags, params, and
-every variant's curve and metrics for closing the parent run) and
+every variant's curve and metrics for closing the parent run), ``writer.json`` (the process that wrote it) and
 one folder per variant with ``payload.json`` (curves, parameters, metrics, and where its data rows come from),
 ``model/`` (the weights and normalisation, as ``training.serving`` saves them) and, once a recording attempt
 has created its child run, ``partial_run_id``.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -94,6 +95,7 @@ def write(parent_run_id: str, parent: dict[str, Any], payloads: list[VariantPayl
     """Save the payloads (and the parent's description) before recording them; return their folders."""
     root = folder(parent_run_id)
     root.mkdir(parents=True, exist_ok=True)
+    (root / WRITER).write_text(json.dumps({"pid": os.getpid(), "started": _started(os.getpid())}))
     (root / "parent.json").write_text(json.dumps({**parent, "run_id": parent_run_id}, indent=1))
     folders = {}
     for payload in payloads:
@@ -131,6 +133,36 @@ def read(variant_folder: Path | str) -> VariantPayload:
     if (where / PARTIAL_RUN).exists():
         payload.partial_run_id = (where / PARTIAL_RUN).read_text().strip()
     return payload
+
+
+WRITER = (
+    "writer.json"  # the process that spooled the results: while it runs, its flow run may be recording them
+)
+
+
+def writer_running(parent_folder: Path) -> int | None:
+    """The pid of the process that spooled these results if it still runs (and is not this one), else None.
+
+    That process may be recording them this moment, so ``make upload`` leaves them alone: recording them too
+    would give a variant two child runs. A pid is matched with the process's start time (from ``/proc``), so a
+    later process that reuses the pid is not taken for it.
+    """
+    try:
+        writer = json.loads((parent_folder / WRITER).read_text())
+    except (OSError, ValueError):
+        return None
+    pid = writer["pid"]
+    alive = pid != os.getpid() and writer["started"] is not None and _started(pid) == writer["started"]
+    return pid if alive else None
+
+
+def _started(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks after boot); None when no such process (or no /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else fields[19]  # a zombie has ended
 
 
 def remove(variant_folder: Path | str) -> None:

@@ -16,6 +16,7 @@ from tasks.tracking import history_epochs
 
 from . import sockets
 from .conftest import subprocess_env
+from .faultproxy import FaultProxy
 
 REPO = Path(__file__).resolve().parents[1]
 # Long enough runs that a kill as the first child run appears lands while the variants are being recorded
@@ -164,6 +165,48 @@ def test_mlflow_gone_for_good_keeps_the_results_and_upload_records_them_later(pr
             assert table["epoch"].tolist() == list(range(1, LONG_EPOCHS + 1))  # and the artifact every one
             assert "model_uri" in child.data.tags
         assert not [r for r in runs if r.info.status == "RUNNING"]
+    finally:
+        servers.stop_group(server.pid)
+
+
+def test_upload_while_a_run_records_leaves_that_run_alone(prefect_server, tmp_path):
+    """`make upload` while a run is recording the results it spooled: the upload skips them (recording them
+    too would give each variant two child runs), and the run finishes with one child run per variant."""
+    port = sockets.free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = start_mlflow(port, tmp_path)
+    try:
+        with FaultProxy(url) as proxy:
+            proxy.delay(20, path="/runs/create")  # each run's creation waits: the spool stays while it does
+            flow = subprocess.Popen(
+                [sys.executable, "-m", "flows.run", "train", "epochs=500", "model_name=null"],
+                cwd=REPO, env=flow_env(tmp_path, proxy.url, prefect_server),
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            )  # fmt: skip
+            try:
+                deadline = time.monotonic() + 180
+                while not list((tmp_path / "spool").glob("*/*/payload.json")):
+                    assert flow.poll() is None and time.monotonic() < deadline, "no results were spooled"
+                    time.sleep(0.1)
+                direct = flow_env(tmp_path, url, prefect_server)  # to the server, not through the proxy
+                out = subprocess.run(
+                    [sys.executable, "-m", "ops.upload"], cwd=REPO, env=direct,
+                    capture_output=True, text=True, timeout=120,
+                )  # fmt: skip
+                assert out.returncode == 0 and "skipped" in out.stdout, out.stdout + out.stderr
+                proxy.heal()
+                output = flow.communicate(timeout=300)[0]
+            finally:
+                flow.kill()
+        assert flow.returncode == 0, output[-4000:]
+        client = MlflowClient(url)
+        runs = client.search_runs([client.get_experiment_by_name("thermometer").experiment_id])
+        [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+        children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+        assert parent.info.status == "FINISHED"
+        assert sorted(r.data.tags["variant"] for r in children) == ["autograd", "manual", "optimizer"]
+        assert {r.info.status for r in children} == {"FINISHED"}
+        assert not list((tmp_path / "spool").glob("*"))
     finally:
         servers.stop_group(server.pid)
 
