@@ -101,7 +101,8 @@ def recorded(name: str, environ: Mapping[str, str] = os.environ) -> Server | Non
 
 
 def embedded(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """The embedded defaults: one machine, no server to start, every store inside the state directory."""
+    """The defaults: one machine, no server to start, every store inside the state directory (and, for runs
+    against a Prefect server, the heartbeat its zombie automation expects)."""
     base = state_dir(environ)
     return {
         # Prefect: the temporary local API keeps its database here instead of ~/.prefect

@@ -30,6 +30,7 @@ def _run() -> tuple[str, str, str | None, str | None]:
 
 @functools.cache
 def _deployment_name(deployment_id: str) -> str | None:
+    """The deployment's name, asked of the API once per deployment (the id is the cache's key)."""
     return deployment.get_name()
 
 

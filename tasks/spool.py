@@ -27,6 +27,9 @@ from training.errors import DataError
 from training.normalize import Normalizer
 from training.serving import Predictor, save_model
 
+# beside parent.json: the process that spooled the results (while it runs, its flow run may be recording them)
+WRITER = "writer.json"
+
 
 def spool_root() -> Path:
     """Where unrecorded results wait: ``<state dir>/spool``."""
@@ -133,11 +136,6 @@ def read(variant_folder: Path | str) -> VariantPayload:
     if (where / PARTIAL_RUN).exists():
         payload.partial_run_id = (where / PARTIAL_RUN).read_text().strip()
     return payload
-
-
-WRITER = (
-    "writer.json"  # the process that spooled the results: while it runs, its flow run may be recording them
-)
 
 
 def writer_running(parent_folder: Path) -> int | None:
