@@ -23,9 +23,12 @@ $(STAMP): pyproject.toml
 run: setup
 	$(PY) -m flows.run train $(ARGS)
 
-## The whole suite: unit tests, task tests, flow tests, real-server and browser tests, and ruff.
+## The whole suite: unit tests, task tests, flow tests, real-server and browser tests, and ruff. Files run in
+## TEST_WORKERS processes at once (most integration tests wait on servers and subprocesses more than they compute);
+## TEST_WORKERS=0 runs them one after another.
+TEST_WORKERS ?= 4
 test: setup chromium postgresql
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 ## Unit tests only (seconds).
 test-fast: setup
