@@ -1,5 +1,8 @@
 """Test session set-up: every store in a temporary directory, one Prefect test harness per session.
 
+A session is one pytest process: `make test` runs four (pytest-xdist), each with its own state directory,
+harness and, where needed, PostgreSQL cluster.
+
 The environment is applied here, the test suite's entry point, before any test module imports prefect or
 mlflow, so nothing a test does touches the repository's own .prefect/, mlflow.db or mlartifacts/.
 """
