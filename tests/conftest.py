@@ -111,6 +111,12 @@ SLOWEST_FIRST = (
 )
 
 
+def pytest_configure(config):
+    stale = [name for name in SLOWEST_FIRST if not (REPO / "tests" / name).is_file()]
+    if stale:  # a renamed file would silently lose its early start
+        raise pytest.UsageError(f"tests/conftest.py: SLOWEST_FIRST names no such test file: {stale}")
+
+
 def pytest_collection_modifyitems(items):
     def rank(item) -> int:
         name = item.path.name
