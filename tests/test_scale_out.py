@@ -6,8 +6,10 @@ prefect.yaml applied as `make deploy` does; two process workers on that one pool
 checkout (the files git tracks, as a clone has them) with its own state directory, told only where the Prefect
 server is, as on two worker machines. Eight runs of the on-demand training deployment, triggered at once, must
 be shared by both workers, all Completed, and all in MLflow: a FINISHED parent per flow run with its FINISHED
-children, each run in the copy of the worker that took it. Every process is stopped and both databases are
-dropped afterwards.
+children, each run in the copy of the worker that took it. The eight also run at once (four per worker) and
+register one model: this is the load test on PostgreSQL (tests/test_load.py runs it on SQLite), with every
+epoch of every curve recorded once and the best of the eight as champion. Every process is stopped and both
+databases are dropped afterwards.
 """
 
 from __future__ import annotations
@@ -35,11 +37,12 @@ POOL = "thermometer"  # prefect.yaml's work pool, as `make deploy` and `make wor
 DEPLOYMENT = "train/on-demand"
 EXPERIMENT = "thermometer"  # the settings' default
 RUNS = 8
-# small and quick: two cheap variants (two child runs each), no registration (tests/test_load.py proves the
-# registry lock, which lives on the same shared Prefect server)
-PARAMETERS = {"epochs": 100, "variants": ["manual", "autograd"], "model_name": None}
+MODEL = "scale-out"
+VARIANTS = ("manual", "autograd", "optimizer")  # the settings' default: three child runs each
+# different lengths: different validation losses, so one best for the champion
+PARAMETERS = [{"epochs": 150 * (i + 1), "model_name": MODEL} for i in range(RUNS)]
 WORKERS = ("worker-a", "worker-b")
-LIMIT = 2  # runs a worker takes at once: `make worker WORKER_LIMIT=2`
+LIMIT = 4  # runs a worker takes at once (`make worker WORKER_LIMIT=4`): all eight run at once on the two
 MAKE_WORKER = [sys.executable, "-m", "ops.env", "prefect", "worker", "start", "--type", "process"]
 
 pytestmark = pytest.mark.integration
@@ -179,6 +182,7 @@ def test_two_workers_on_one_pool_share_eight_runs_and_record_all_of_them(shared_
     from prefect.deployments import run_deployment
 
     from tasks import tracking
+    from tasks.tracking import history_epochs
 
     s = shared_servers
     started = time.monotonic()
@@ -192,8 +196,8 @@ def test_two_workers_on_one_pool_share_eight_runs_and_record_all_of_them(shared_
 
         async def trigger(client):
             return [
-                await run_deployment(DEPLOYMENT, timeout=0, client=client, parameters=PARAMETERS)
-                for _ in range(RUNS)
+                await run_deployment(DEPLOYMENT, timeout=0, client=client, parameters=parameters)
+                for parameters in PARAMETERS
             ]
 
         ids = [str(run.id) for run in s.api(trigger)]
@@ -211,6 +215,7 @@ def test_two_workers_on_one_pool_share_eight_runs_and_record_all_of_them(shared_
     for r in runs:
         began = {name for name in WORKERS if f"Beginning flow run '{r.name}'" in output[name]}
         assert began == {by_run[str(r.id)]}, (r.name, by_run[str(r.id)], began)
+    assert not [name for name in WORKERS if "database is locked" in output[name]]
 
     # every run is in MLflow, found by the flow run id it records, and ran in its worker's own copy
     monkeypatch.setenv("MLFLOW_TRACKING_URI", s.mlflow)  # for tasks.tracking; not set_tracking_uri (for good)
@@ -223,10 +228,22 @@ def test_two_workers_on_one_pool_share_eight_runs_and_record_all_of_them(shared_
         assert parent.info.status == "FINISHED", (run_id, parent.info.status)
         assert parent.data.tags["prefect.deployment"] == DEPLOYMENT.split("/")[1]
         assert parent.data.tags["data_source"] == str(s.tmp / name / "checkout" / "data" / "thermometer.csv")
-        assert len(children) == len(PARAMETERS["variants"]), (run_id, children)
+        assert len(children) == len(VARIANTS), (run_id, children)
         for child_id in children:
-            assert client.get_run(child_id).info.status == "FINISHED", (run_id, child_id)
+            child = client.get_run(child_id)
+            assert child.info.status == "FINISHED", (run_id, child_id)
             assert {"loss_curve.png", "fit.png"} <= {a.path for a in client.list_artifacts(child_id)}
+            for curve in ("train_loss", "val_loss"):  # every epoch, each once
+                steps = sorted(m.step for m in client.get_metric_history(child_id, curve))
+                assert steps == history_epochs(int(child.data.params["epochs"])), (child_id, curve)
+    # the registry lock (a global concurrency limit on the shared Prefect server) let exactly one run see an
+    # empty registry, and the best of the eight is champion
+    versions = client.search_model_versions(f"name = '{MODEL}'")
+    assert len(versions) == RUNS
+    best = min(versions, key=lambda v: float(v.tags["val_mse"]))
+    champion = client.get_model_version_by_alias(MODEL, "champion")
+    assert champion.version == best.version, [(v.version, v.tags["val_mse"]) for v in versions]
+    assert [v.tags["promotion.decision"] for v in versions].count("first") == 1
     # the artifacts are in the server's store; neither worker machine kept a local MLflow store
     assert any(s.artifacts.rglob("fit.png"))
     local = [p for p in s.tmp.glob("worker-*/**/*") if p.name in ("mlflow.db", "mlartifacts", "mlruns")]
