@@ -31,6 +31,7 @@ from ops import servers
 
 from . import sockets
 from .conftest import postgres_database, subprocess_env
+from .test_load import check_curves, check_registry
 
 REPO = Path(__file__).resolve().parents[1]
 POOL = "thermometer"  # prefect.yaml's work pool, as `make deploy` and `make worker` use it
@@ -182,7 +183,6 @@ def test_two_workers_on_one_pool_share_eight_runs_and_record_all_of_them(shared_
     from prefect.deployments import run_deployment
 
     from tasks import tracking
-    from tasks.tracking import history_epochs
 
     s = shared_servers
     started = time.monotonic()
@@ -233,17 +233,8 @@ def test_two_workers_on_one_pool_share_eight_runs_and_record_all_of_them(shared_
             child = client.get_run(child_id)
             assert child.info.status == "FINISHED", (run_id, child_id)
             assert {"loss_curve.png", "fit.png"} <= {a.path for a in client.list_artifacts(child_id)}
-            for curve in ("train_loss", "val_loss"):  # every epoch, each once
-                steps = sorted(m.step for m in client.get_metric_history(child_id, curve))
-                assert steps == history_epochs(int(child.data.params["epochs"])), (child_id, curve)
-    # the registry lock (a global concurrency limit on the shared Prefect server) let exactly one run see an
-    # empty registry, and the best of the eight is champion
-    versions = client.search_model_versions(f"name = '{MODEL}'")
-    assert len(versions) == RUNS
-    best = min(versions, key=lambda v: float(v.tags["val_mse"]))
-    champion = client.get_model_version_by_alias(MODEL, "champion")
-    assert champion.version == best.version, [(v.version, v.tags["val_mse"]) for v in versions]
-    assert [v.tags["promotion.decision"] for v in versions].count("first") == 1
+            check_curves(client, child)
+    check_registry(client, MODEL, RUNS)  # the lock lives on the shared Prefect server, on PostgreSQL
     # the artifacts are in the server's store; neither worker machine kept a local MLflow store
     assert any(s.artifacts.rglob("fit.png"))
     local = [p for p in s.tmp.glob("worker-*/**/*") if p.name in ("mlflow.db", "mlartifacts", "mlruns")]
