@@ -1,7 +1,7 @@
-"""Test session set-up: every store in a temporary directory, one Prefect test harness per session.
+"""Test session set-up: every store in a temporary directory, one Prefect server per session.
 
 A session is one pytest process: `make test` runs four (pytest-xdist), each with its own state directory,
-harness and, where needed, PostgreSQL cluster.
+Prefect server (started when a test first needs it) and, where needed, PostgreSQL cluster.
 
 The environment is applied here, the test suite's entry point, before any test module imports prefect or
 mlflow, so nothing a test does touches the repository's own .prefect/, mlflow.db or mlartifacts/.
@@ -60,15 +60,11 @@ def subprocess_env(state_dir: Path, **overrides: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def prefect_harness():
-    """One temporary Prefect API for every flow test in the session (it costs 12-15 s to start)."""
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
+def prefect_api(prefect_server):
+    """The flows that tests call in this process run against the session's Prefect server, no heartbeats."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-    with (
-        prefect_test_harness(server_startup_timeout=300),  # 88 s seen at load 11
-        temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
-    ):
+    with temporary_settings({PREFECT_API_URL: prefect_server, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield
 
 
@@ -161,17 +157,18 @@ def postgres_database():
         yield url
 
 
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory):
-    """A real Prefect server for a module's pipeline subprocesses.
+@pytest.fixture(scope="session")
+def prefect_server():
+    """The session's real Prefect server, started on first use: the pipeline subprocesses of the tests run
+    their flows on it, and so do the flows that tests call in this process (``prefect_api``).
 
-    A flow run on it skips the temporary server's start-up (about 11 s); the registry lock lives there.
+    One per session (a start costs 12-14 CPU-seconds, and an idle server about 3% of a core); a flow run on
+    it skips the temporary server's start-up (about 11 s); the registry lock lives there.
     """
-    tmp = tmp_path_factory.mktemp("prefect-server")
+    tmp = SESSION_DIR / "prefect-server"
     port = sockets.free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = servers.prefect_env(tmp / "home", api)
-    with servers.running(
-        servers.prefect_command("127.0.0.1", port), env, tmp / "prefect.log", f"{api}/health"
-    ):
+    command = servers.prefect_command("127.0.0.1", port)
+    with servers.running(command, env, tmp / "prefect.log", f"{api}/health", timeout=300):  # 88 s at load 11
         yield api

@@ -51,7 +51,7 @@ CASES = [
 
 
 @pytest.mark.integration
-@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.usefixtures("prefect_api")
 @pytest.mark.parametrize(
     ("name", "params", "problem"), CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)]
 )

@@ -206,9 +206,7 @@ def test_upload_to_a_server_that_never_saw_the_run_creates_it_whole(tmp_path, mo
     assert not spool.pending()
 
 
-def test_mlflow_gone_while_the_parent_run_closes_then_upload_closes_it(
-    prefect_harness, tmp_path, monkeypatch
-):
+def test_mlflow_gone_while_the_parent_run_closes_then_upload_closes_it(prefect_api, tmp_path, monkeypatch):
     """Every variant recorded, then the server dies: a clear message, and `make upload` finishes the run."""
     from prefect.logging import disable_run_logger
 

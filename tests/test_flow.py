@@ -1,4 +1,4 @@
-"""The real training flow under Prefect's test harness, then MLflow read back: the recording contract."""
+"""The real training flow on a real Prefect server, then MLflow read back: the recording contract."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from training.data import file_digest
 
 from .conftest import DATA
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_harness")]
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
 
 
 def run_flow(**params):

@@ -22,7 +22,7 @@ from ops import servers
 
 from . import sockets
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_harness")]
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
 READINGS = "sensor,t_u\nkitchen,35.7\ncellar,21.8\nattic,81.9\ngarage,48.4\nporch,60.4\n"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import uuid
 
@@ -12,7 +13,7 @@ from flows.train import train
 
 from .faultproxy import FaultProxy
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_harness")]
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
 
 
 def run(name: str, **params):
@@ -99,8 +100,10 @@ def test_two_runs_finishing_together_leave_the_better_one_champion(mlflow_server
         def go(label, lr):
             results[label] = run(name, epochs=2000, lr=lr, variants=["manual"]).result()["promotion"]
 
+        # each thread in a copy of this one's context: Prefect's settings (the session's server) live there
         threads = [
-            threading.Thread(target=go, args=(label, lr)) for label, lr in (("good", 1e-2), ("poor", 1e-3))
+            threading.Thread(target=contextvars.copy_context().run, args=(go, label, lr))
+            for label, lr in (("good", 1e-2), ("poor", 1e-3))
         ]
         for t in threads:
             t.start()

@@ -21,7 +21,7 @@ from .conftest import DATA
 from .faultproxy import FaultProxy
 from .test_bad_inputs import CASES, CORPUS
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_harness")]
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
 
 EPOCHS = 50
 VARIANTS = ["autograd", "manual", "optimizer"]

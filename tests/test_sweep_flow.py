@@ -39,7 +39,7 @@ def trials_table(client, run_id) -> pd.DataFrame:
         return pd.read_parquet(client.download_artifacts(run_id, "trials.parquet", tmp))
 
 
-@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.usefixtures("prefect_api")
 def test_a_grid_sweep_records_the_contract_and_equals_the_sequential_loop(mlflow_client):
     state, experiment = run_sweep(space=SMALL, val_fraction=0.0, epochs=200, top_k=2, optimizer="SGD")
     assert state.is_completed(), state.message
@@ -101,7 +101,7 @@ def test_a_grid_sweep_records_the_contract_and_equals_the_sequential_loop(mlflow
     assert model.predict(pd.DataFrame({"t_u": [50.0]}))["t_c"].notna().all()
 
 
-@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.usefixtures("prefect_api")
 @pytest.mark.parametrize(
     ("space", "key"),
     [
@@ -118,7 +118,7 @@ def test_a_bad_space_is_refused_before_any_work(mlflow_client, space, key):
     assert mlflow_client.get_experiment_by_name(experiment) is None  # nothing recorded
 
 
-@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.usefixtures("prefect_api")
 @pytest.mark.parametrize(
     "params",
     [{"model": "mlp", "space": {"lr": [1e-3]}}, {"space": {"lr": [1e-3], "model": ["linear", "mlp"]}}],
@@ -129,7 +129,7 @@ def test_a_network_sweep_is_refused_before_any_work_the_engine_trains_the_line(m
     assert mlflow_client.get_experiment_by_name(experiment) is None
 
 
-@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.usefixtures("prefect_api")
 def test_a_sweep_where_every_trial_diverges_fails_and_says_so(mlflow_client):
     state, experiment = run_sweep(
         space={"lr": [1e-2, 1e-1]}, normalize="none", val_fraction=0.0, epochs=100, optimizer="SGD"
@@ -147,7 +147,7 @@ def test_a_sweep_where_every_trial_diverges_fails_and_says_so(mlflow_client):
     assert trials_table(mlflow_client, parent.info.run_id)["diverged_at"].tolist() == expected
 
 
-@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.usefixtures("prefect_api")
 def test_random_points_are_seeded_and_optuna_resumes_its_study(mlflow_client, tmp_path):
     space = {"lr": {"low": 1e-4, "high": 1e-1, "log": True}, "optimizer": ["SGD", "Adam"]}
     tables = []
