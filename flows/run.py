@@ -130,6 +130,10 @@ def _run(name: str, rest: list[str], embedded: bool, api_ready: Callable[[], Non
     flow = getattr(importlib.import_module(module), attribute)
     gc.freeze()
     gc.enable()
+    if name == "train":
+        from tasks import recorder_process
+
+        recorder_process.start()  # forked now, with everything imported and no other thread yet
     api_ready()
     settings = temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}) if embedded else nullcontext()
     with settings:

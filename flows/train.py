@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.futures import PrefectFuture, wait
 from prefect.utilities.annotations import quote
 
 from flows.parameters import takes
@@ -20,13 +21,14 @@ from tasks.record import (
     check_tracking,
     finish_tracking,
     log_variant,
-    spool_results,
     start_tracking,
 )
+from tasks.recorder import VariantRecord
 from tasks.registry import register_model, report_promotion
 from tasks.report import outcome, outcome_line, report
 from tasks.train import train_task
 from training.loops import HINT
+from training.runs import Trained
 from training.settings import TrainSettings
 
 
@@ -47,13 +49,16 @@ def train(settings: TrainSettings) -> dict[str, Any]:
     loaded = load_dataset(settings.data, settings.features, settings.target)
     prepared = prepare_data(loaded, settings)
     run = start_tracking(settings, loaded)
+    trained: list[Trained] = []
+    logging: list[PrefectFuture[VariantRecord]] = []
     try:
-        # one after another: the loops are CPU-bound Python, and threads would only contend for the GIL.
+        # one variant after another: the loops are CPU-bound Python, and threads would only contend for the
+        # interpreter. Each variant is recorded (in a helper process where one runs) while the next trains.
         # quote(): results go in as they are; Prefect need not walk every epoch's loss looking for futures
-        trained = [train_task(v, prepared, settings) for v in settings.variants]
-        trained = evaluate_variants(quote(trained), prepared, settings)
-        spooled = spool_results(run, quote(trained), loaded, prepared, settings)
-        logging = [log_variant.submit(run, v, folder, prepared) for v, folder in spooled.items()]
+        for variant in settings.variants:
+            [done] = evaluate_variants(quote([train_task(variant, prepared, settings)]), prepared, settings)
+            trained.append(done)
+            logging.append(log_variant.submit(run, quote(done), loaded, prepared, settings))
         records = [future.result() for future in logging]
         finish_tracking(run, quote(trained), settings, report(run, quote(trained), records))
         promotion = None
@@ -65,6 +70,7 @@ def train(settings: TrainSettings) -> dict[str, Any]:
             )
             report_promotion(promotion, run.parent_run_id)
     except BaseException as exc:
+        wait(logging)  # no child run is still being written when the parent is marked FAILED
         abort_tracking(run, repr(exc))
         raise
 

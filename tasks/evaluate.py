@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import task_run
+from prefect.utilities.annotations import quote
 
 from training.data import Prepared
 from training.evaluation import GRADIENT_TOLERANCE, optimum_mse
@@ -11,7 +13,14 @@ from training.runs import Trained, evaluate_trained
 from training.settings import TrainingConfig
 
 
-@task(name="evaluate", task_run_name="evaluate", cache_policy=NO_CACHE)
+def _run_name() -> str:
+    """``evaluate-manual`` for one variant (the flow evaluates each as soon as it is trained)."""
+    trained = task_run.parameters["trained"]
+    trained = trained.unquote() if isinstance(trained, quote) else trained
+    return "-".join(["evaluate", *(t.variant for t in trained)])
+
+
+@task(name="evaluate", task_run_name=_run_name, cache_policy=NO_CACHE)
 def evaluate_variants(trained: list[Trained], prepared: Prepared, config: TrainingConfig) -> list[Trained]:
     """Evaluate every converged variant (the line against its exact optimum); diverged ones have nothing to
     evaluate."""

@@ -7,13 +7,11 @@ each request is all-or-nothing.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from tasks import spool, tracking
+from tasks import recorder_process, spool, tracking
 from tasks.data import LoadedData
 from tasks.orphans import close_orphans
 from tasks.recorder import (
@@ -23,7 +21,6 @@ from tasks.recorder import (
     build_payload,
     close_parent,
     closing,
-    record_variant,
 )
 from tasks.runinfo import prefect_tags, provenance
 from training.data import Prepared
@@ -65,38 +62,42 @@ def start_tracking(settings: TrainSettings, loaded: LoadedData) -> Tracking:
     return Tracking(experiment_id=experiment_id, parent_run_id=run_id, url=url)
 
 
-@task(name="spool-results", task_run_name="spool-results", cache_policy=NO_CACHE)
-def spool_results(
-    run: Tracking, trained: list[Trained], loaded: LoadedData, prepared: Prepared, settings: TrainSettings
-) -> dict[str, str]:
-    """Keep every variant's results on local disk until MLflow has recorded them; return their folders."""
+def spool_variant(
+    run: Tracking, trained: Trained, loaded: LoadedData, prepared: Prepared, settings: TrainSettings
+) -> str:
+    """Keep one variant's results on local disk until MLflow has recorded them; return its folder."""
     tags = prefect_tags()
-    payloads = [build_payload(t, prepared, settings, tags, loaded.source, loaded.digest) for t in trained]
+    payload = build_payload(trained, prepared, settings, tags, loaded.source, loaded.digest)
     # what closing the parent run needs, whichever variants are already recorded when MLflow goes away
     parent = {
         "experiment": settings.experiment,
         "epochs": settings.epochs,
         "tags": tags,
         "params": settings.as_params(),
+        **closing([trained]),
     }
-    return spool.write(run.parent_run_id, parent | closing(trained), payloads)
+    return spool.write(run.parent_run_id, parent, payload)
 
 
-@task(name="log-variant", task_run_name="log-{variant}", cache_policy=NO_CACHE)
-def log_variant(run: Tracking, variant: str, folder: str, prepared: Prepared) -> VariantRecord:
-    """Record one spooled variant as a child run; on success its local copy is deleted."""
+@task(name="log-variant", task_run_name="log-{trained.variant}", cache_policy=NO_CACHE)
+def log_variant(
+    run: Tracking, trained: Trained, loaded: LoadedData, prepared: Prepared, settings: TrainSettings
+) -> VariantRecord:
+    """Spool one variant, then record it as a child run (in the recording helper process, beside the
+    training of the next variant); on success its local copy is deleted."""
+    variant = trained.variant
+    folder = spool_variant(run, trained, loaded, prepared, settings)
+    frames = (prepared.train_frame, prepared.val_frame)
+    logger = get_run_logger()
     try:
-        frames = (prepared.train_frame, prepared.val_frame)
-        record = record_variant(
-            spool.read(Path(folder)), run.experiment_id, run.parent_run_id, folder, frames=frames
-        )
+        record = recorder_process.record(folder, run.experiment_id, run.parent_run_id, frames, logger.warning)
     except Exception as exc:
         raise RecordingFailed(
             f"could not record {variant} in MLflow at {tracking.tracking_uri()}: {exc}. Its weights and "
             f"curves are kept in {folder}; when the server is back, `make upload` records them as a full run"
         ) from exc
     spool.remove(folder)
-    get_run_logger().info("%s recorded as MLflow run %s, model %s", variant, record.run_id, record.model_uri)
+    logger.info("%s recorded as MLflow run %s, model %s", variant, record.run_id, record.model_uri)
     return record
 
 

@@ -95,7 +95,7 @@ def record_variant(
     train_frame, val_frame = frames or p.frames()
     if p.partial_run_id:
         tracking.end_run(
-            p.partial_run_id, tracking.KILLED, note="superseded by a complete upload of the same results"
+            p.partial_run_id, tracking.KILLED, note="superseded by a complete recording of the same results"
         )
     run_id = tracking.start_run(
         experiment_id,

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import shutil
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,20 +95,26 @@ class VariantPayload:
         return split_frame(frame, source=self.data, **self.split)[:2]
 
 
-def write(parent_run_id: str, parent: dict[str, Any], payloads: list[VariantPayload]) -> dict[str, str]:
-    """Save the payloads (and the parent's description) before recording them; return their folders."""
+_WRITING = threading.Lock()
+
+
+def write(parent_run_id: str, parent: dict[str, Any], payload: VariantPayload) -> str:
+    """Save one variant's payload before recording it, and the parent's description (``parent.json``) with
+    this variant's curve and metrics added to those of the variants saved before; return its folder."""
     root = folder(parent_run_id)
-    root.mkdir(parents=True, exist_ok=True)
-    (root / WRITER).write_text(json.dumps({"pid": os.getpid(), "started": _started(os.getpid())}))
-    (root / "parent.json").write_text(json.dumps({**parent, "run_id": parent_run_id}, indent=1))
-    folders = {}
-    for payload in payloads:
-        where = root / payload.variant
-        where.mkdir(exist_ok=True)
-        (where / "payload.json").write_text(json.dumps(asdict(payload)))
-        save_model(where / "model", payload.predictor())
-        folders[payload.variant] = str(where)
-    return folders
+    with _WRITING:
+        root.mkdir(parents=True, exist_ok=True)
+        (root / WRITER).write_text(json.dumps({"pid": os.getpid(), "started": _started(os.getpid())}))
+        described = root / "parent.json"
+        saved = json.loads(described.read_text()) if described.exists() else {"curves": {}, "metrics": {}}
+        for key in ("curves", "metrics"):
+            parent[key] = saved[key] | parent[key]
+        described.write_text(json.dumps({**saved, **parent, "run_id": parent_run_id}, indent=1))
+    where = root / payload.variant
+    where.mkdir(exist_ok=True)
+    (where / "payload.json").write_text(json.dumps(asdict(payload)))
+    save_model(where / "model", payload.predictor())
+    return str(where)
 
 
 def pending(parent_run_id: str | None = None) -> list[Path]:

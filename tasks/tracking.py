@@ -350,6 +350,19 @@ def log_model(run_id: str, experiment_id: str, predictor: Predictor, input_examp
     return info.model_uri
 
 
+def warm_up() -> None:
+    """Pay the first model's one-off costs now, before a run waits for them: saving a throwaway model locally
+    makes MLflow build its map of installed packages (0.3 to 0.6 s), with which it checks the requirements."""
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "data").mkdir()
+        mlflow.pyfunc.save_model(
+            Path(tmp, "model"),
+            loader_module=LOADER_MODULE,
+            data_path=str(Path(tmp, "data")),
+            pip_requirements=_pip_requirements(),
+        )
+
+
 class _Pyfunc:
     """``mlflow.pyfunc`` as the flavor ``Model.log`` saves with, taking ``Model.log``'s own option
     ``validate_serving_input`` (which it passes on to the flavor, as MLflow's transformers flavor does).

@@ -4,6 +4,8 @@ does then."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -153,6 +155,55 @@ def test_upload_while_a_run_records_leaves_that_run_alone(prefect_server, tmp_pa
         servers.stop_group(server.pid)
 
 
+def helper_of(flow: subprocess.Popen) -> int:
+    """The pid of the flow process's recording helper: its child forked from it (the same command line)."""
+    own = Path(f"/proc/{flow.pid}/cmdline").read_bytes()
+    children = Path(f"/proc/{flow.pid}/task/{flow.pid}/children").read_text().split()
+    [helper] = [int(pid) for pid in children if Path(f"/proc/{pid}/cmdline").read_bytes() == own]
+    return helper
+
+
+def test_the_recording_helper_killed_mid_recording_leaves_a_complete_run(prefect_server, tmp_path):
+    """The helper process that records the variants is killed (SIGKILL) while it writes a child run: that
+    variant and the next are recorded in the flow's own process, the cut-off child run is closed KILLED, and
+    the run ends Completed: one complete child run per variant, nothing RUNNING or left in the spool."""
+    port = sockets.free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = start_mlflow(port, tmp_path)
+    try:
+        flow = subprocess.Popen(
+            [sys.executable, "-m", "flows.run", "train", f"epochs={LONG_EPOCHS}", "model_name=null"],
+            cwd=REPO, env=flow_env(tmp_path, url, prefect_server),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        try:
+            client = MlflowClient(url)
+            wait_for_child_run(client, time.monotonic() + 180, flow)
+            helper = helper_of(flow)
+            os.kill(helper, signal.SIGKILL)
+            [cut] = [r for r in client.search_runs(["1"]) if "mlflow.parentRunId" in r.data.tags]
+            output = flow.communicate(timeout=300)[0]
+        finally:
+            flow.kill()
+        assert flow.returncode == 0, output[-4000:]
+        assert "the recording process died" in output and not Path(f"/proc/{helper}").exists(), output[-4000:]
+        runs = client.search_runs(["1"])
+        [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+        children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+        assert parent.info.status == "FINISHED"
+        complete = [r for r in children if r.info.status == "FINISHED"]
+        assert sorted(r.data.tags["variant"] for r in complete) == ["autograd", "manual", "optimizer"]
+        # the child run the helper was writing when it died: closed, its variant recorded again in full
+        assert client.get_run(cut.info.run_id).info.status == "KILLED"
+        assert {r.info.status for r in children} == {"FINISHED", "KILLED"}
+        for child in complete:
+            steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, "train_loss"))
+            assert steps == history_epochs(LONG_EPOCHS)
+        assert not list((tmp_path / "spool").glob("*"))
+    finally:
+        servers.stop_group(server.pid)
+
+
 def trained(settings):
     """The flow's first steps, through the tasks: loaded data, split, three trained and evaluated variants."""
     from tasks.data import load_dataset, prepare_data
@@ -171,7 +222,7 @@ def test_upload_to_a_server_that_never_saw_the_run_creates_it_whole(tmp_path, mo
 
     from ops.upload import upload
     from tasks import spool, tracking
-    from tasks.record import spool_results
+    from tasks.record import spool_variant
     from tasks.recorder import Tracking
     from training.settings import TrainSettings
 
@@ -182,7 +233,8 @@ def test_upload_to_a_server_that_never_saw_the_run_creates_it_whole(tmp_path, mo
     with disable_run_logger():
         loaded, prepared, variants = trained(settings)
         lost = Tracking(experiment_id="0", parent_run_id="f" * 32, url=None)  # a run this store never had
-        spool_results.fn(lost, variants, loaded, prepared, settings)
+        for variant in variants:
+            spool_variant(lost, variant, loaded, prepared, settings)
     [waiting] = spool.pending()
     # a child run an interrupted attempt created, noted the way record_variant notes it
     first = spool.variants(waiting)[0]
@@ -212,7 +264,7 @@ def test_mlflow_gone_while_the_parent_run_closes_then_upload_closes_it(prefect_a
 
     from ops.upload import upload
     from tasks import spool
-    from tasks.record import finish_tracking, log_variant, spool_results, start_tracking
+    from tasks.record import finish_tracking, log_variant, start_tracking
     from tasks.recorder import RecordingFailed
     from training.settings import TrainSettings
 
@@ -227,8 +279,8 @@ def test_mlflow_gone_while_the_parent_run_closes_then_upload_closes_it(prefect_a
         loaded, prepared, variants = trained(settings)
         try:
             run = start_tracking.fn(settings, loaded)
-            for variant, folder in spool_results.fn(run, variants, loaded, prepared, settings).items():
-                log_variant.fn(run, variant, folder, prepared)
+            for variant in variants:
+                log_variant.fn(run, variant, loaded, prepared, settings)
         finally:
             servers.stop_group(server.pid, timeout=0.1)  # gone before the parent run is closed
         closing = "could not close MLflow run .*`make upload` closes the run"
