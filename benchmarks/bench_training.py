@@ -103,8 +103,8 @@ def flow_phases(log: str) -> dict[str, float]:
         "server_start": "Starting temporary server",
         "flow_begin": "Beginning flow run",
         "tracking_started": "Task run 'start-mlflow-run' - Finished",
-        "trained": "Task run 'train-optimizer' - Finished",
-        "evaluated": "Task run 'evaluate' - Finished",
+        "trained": "Task run 'evaluate-optimizer' - Finished",
+        "logged": "Task run 'log-optimizer' - Finished",
         "recorded": "Task run 'finish-mlflow-run' - Finished",
         "registered": "Task run 'report-promotion' - Finished",
         "flow_end": "Flow run '.*' - Finished in state",
@@ -117,12 +117,14 @@ def flow_phases(log: str) -> dict[str, float]:
         for key, pattern in patterns.items():
             if re.search(pattern, line):
                 marks[key] = stamp
+    if "registered" not in marks and "recorded" in marks:  # model_name=null: nothing registered
+        marks["registered"] = marks["recorded"]
     spans = [
         ("prefect temporary server start", "server_start", "flow_begin"),
         ("load + split + MLflow parent run", "flow_begin", "tracking_started"),
-        ("training (3 variants)", "tracking_started", "trained"),
-        ("evaluation", "trained", "evaluated"),
-        ("spool, MLflow child runs, plots, models, report", "evaluated", "recorded"),
+        ("training, evaluation (3 variants; two recorded meanwhile)", "tracking_started", "trained"),
+        ("recording the last variant after its training", "trained", "logged"),
+        ("report, closing the parent run", "logged", "recorded"),
         ("model registry (register, compare, alias)", "recorded", "registered"),
         ("flow teardown", "registered", "flow_end"),
     ]
@@ -241,14 +243,15 @@ def _category(stack: str) -> str:
 
 
 def profile_top(env: dict[str, str], limit: int = 12) -> None:
-    """Where one run spends its CPU: py-spy's samples of every thread (idle ones left out), by category."""
+    """Where one run spends its CPU: py-spy's samples of every thread of the run's processes (idle ones left
+    out; the recording helper included), by category."""
     spy = Path(sys.executable).with_name("py-spy")
     if not spy.exists():
         print("  (py-spy is not installed: pip install py-spy)")
         return
     with tempfile.NamedTemporaryFile(suffix=".txt") as raw:
         subprocess.run(
-            [str(spy), "record", "-r", "100", "-f", "raw", "-o", raw.name, "--", *flow_cmd()],
+            [str(spy), "record", "-s", "-r", "100", "-f", "raw", "-o", raw.name, "--", *flow_cmd()],
             cwd=REPO, env=env, capture_output=True, check=True,
         )  # fmt: skip
         counts: dict[str, int] = {}
@@ -298,7 +301,7 @@ def main() -> None:
         print(f"   cold run first: {seconds:.1f} s")
         log = versus("   embedded, warm", flow_cmd(), env, script, args.pairs)
         for phase, span in flow_phases(log).items():
-            print(f"     {phase:<48} {span:6.2f} s")
+            print(f"     {phase:<72} {span:6.2f} s")
         if args.profile:
             print("   profile of one embedded run (py-spy, CPU by category)")
             profile_top(env)
