@@ -9,6 +9,7 @@ from prefect import flow
 from flows.parameters import takes
 from tasks.data import load_dataset
 from tasks.errors import fail_cleanly
+from tasks.heartbeat import with_heartbeats
 from tasks.predict import default_output, predict_rows, record_predictions, resolve_model, write_predictions
 from tasks.record import check_tracking
 from training.settings import PredictSettings
@@ -16,6 +17,7 @@ from training.settings import PredictSettings
 
 @flow(name="predict", description="Predict Celsius for a file of raw readings with a registered model.")
 @fail_cleanly()
+@with_heartbeats
 @takes(PredictSettings)
 def predict(settings: PredictSettings) -> dict[str, Any]:
     """Predict with ``model_name@alias`` for every row of ``data`` and write ``output``."""

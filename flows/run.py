@@ -23,7 +23,6 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable
-from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
 
@@ -135,8 +134,11 @@ def _run(name: str, rest: list[str], embedded: bool, api_ready: Callable[[], Non
 
         recorder_process.start()  # forked now, with everything imported and no other thread yet
     api_ready()
-    settings = temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}) if embedded else nullcontext()
-    with settings:
+    if embedded:  # heartbeats serve a long-lived server's zombie automation only
+        os.environ.pop("PIPELINE_HEARTBEAT_SECONDS", None)
+    # the flow sends its own (tasks/heartbeat.py); Prefect's engine would send its own too (every 180 s by
+    # default) from a thread the run waits up to a second for at its end
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         try:
             state = flow(**params, return_state=True)
         except ParameterTypeError as exc:

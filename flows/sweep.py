@@ -19,6 +19,7 @@ from flows.parameters import takes
 from tasks import sweep as s
 from tasks.data import load_dataset
 from tasks.errors import fail_cleanly
+from tasks.heartbeat import with_heartbeats
 from tasks.record import abort_tracking, check_tracking
 from tasks.registry import register_model, report_promotion
 from training.loops import HINT
@@ -90,6 +91,7 @@ def optimise(settings: SweepSettings, axes, loaded, run_jobs, pieces):
     description="Train many configurations at once as batched tensor programs; map them in MLflow.",
 )
 @fail_cleanly(EveryTrialDiverged)
+@with_heartbeats
 @takes(SweepSettings)
 def sweep(settings: SweepSettings) -> dict[str, Any]:
     """Sweep the space over the base configuration; record every trial and the best ones in MLflow."""

@@ -16,6 +16,7 @@ from flows.parameters import takes
 from tasks.data import load_dataset, prepare_data
 from tasks.errors import fail_cleanly
 from tasks.evaluate import evaluate_variants
+from tasks.heartbeat import with_heartbeats
 from tasks.record import (
     abort_tracking,
     check_tracking,
@@ -42,6 +43,7 @@ class NoVariantConverged(RuntimeError):
     "it in MLflow.",
 )
 @fail_cleanly(NoVariantConverged)
+@with_heartbeats
 @takes(TrainSettings)
 def train(settings: TrainSettings) -> dict[str, Any]:
     """Train the model (the line or the network) with each chosen variant and record everything in MLflow."""

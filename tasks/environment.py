@@ -117,10 +117,10 @@ def embedded(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(MLFLOW_RETRIES),
         "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(MLFLOW_BACKOFF),
-        # a flow run against a Prefect server sends a heartbeat this often (Prefect's default is 180 s, longer
-        # than the zombie automation's window: a long run started from the command line would be marked
-        # Crashed while it runs); flows/run.py turns them off on the temporary API
-        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS),
+        # a flow run against a Prefect server sends a heartbeat this often (tasks/heartbeat.py; Prefect's own,
+        # PREFECT_FLOWS_HEARTBEAT_FREQUENCY, holds up the end of every run for up to a second); flows/run.py
+        # turns them off on the temporary API
+        "PIPELINE_HEARTBEAT_SECONDS": str(HEARTBEAT_SECONDS),
         # a worker's health-check server (off unless asked for) would otherwise listen on every interface
         "PREFECT_WORKER_WEBSERVER_HOST": "127.0.0.1",
         # artifacts of experiments created on a database store (ignored when a tracking server decides)

@@ -309,3 +309,47 @@ def test_a_diverging_network_fails_the_flow_and_records_why_as_the_line(mlflow_c
         assert "model_uri" not in child.data.tags, variant
         assert "at epoch 10 of 100" in child.data.tags["mlflow.note.content"], variant
         assert len(mlflow_client.get_metric_history(child.info.run_id, "train_loss")) == 9, variant
+
+
+def test_a_flow_run_sends_heartbeats_while_it_runs_and_stops_with_it(prefect_server, monkeypatch):
+    """``tasks/heartbeat.py``: the event the zombie automation watches, for this flow run, every period while
+    the flow function runs, and none once it has returned."""
+    import json
+    import time
+    import urllib.request
+
+    from prefect import flow
+    from prefect.runtime import flow_run
+
+    from tasks.heartbeat import with_heartbeats
+
+    monkeypatch.setenv("PIPELINE_HEARTBEAT_SECONDS", "0.25")
+
+    @flow(name="beating")
+    @with_heartbeats
+    def beating() -> str:
+        time.sleep(2)
+        return flow_run.get_id()
+
+    run_id = beating()
+    query = {
+        "filter": {
+            "event": {"name": ["prefect.flow-run.heartbeat"]},
+            "resource": {"id": [f"prefect.flow-run.{run_id}"]},
+        },
+        "limit": 50,
+    }
+
+    def heartbeats() -> list[dict]:
+        body, headers = json.dumps(query).encode(), {"Content-Type": "application/json"}
+        request = urllib.request.Request(f"{prefect_server}/events/filter", body, headers)
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return json.load(answer)["events"]
+
+    deadline = time.monotonic() + 60
+    while len(events := heartbeats()) < 4 and time.monotonic() < deadline:
+        time.sleep(0.5)  # events reach the server in the background
+    assert len(events) >= 4, events  # one at the start, then one every 0.25 s for 2 s
+    assert {e["related"][0]["prefect.resource.role"] for e in events} == {"flow"}
+    time.sleep(1.5)  # a thread left running would have sent about six more by now
+    assert len(heartbeats()) <= 10

@@ -225,9 +225,7 @@ def test_every_deployment_exists_with_its_cron_schedule_and_upcoming_runs(stack,
         assert d.parameters == spec["parameters"]  # the file's overrides (epochs shortened for train)
         assert d.job_variables["env"]["MLFLOW_TRACKING_URI"] == stack.mlflow
         # the heartbeat of tasks/environment.py, which the zombie automation's window is derived from
-        assert d.job_variables["env"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == str(
-            environment.HEARTBEAT_SECONDS
-        )
+        assert d.job_variables["env"]["PIPELINE_HEARTBEAT_SECONDS"] == str(environment.HEARTBEAT_SECONDS)
         assert d.pull_steps == [{"tasks.environment.checkout": {}}]  # the worker's own checkout
         assert d.concurrency_options.collision_strategy.value == "CANCEL_NEW"
         assert d.global_concurrency_limit is not None and d.global_concurrency_limit.limit == 1
