@@ -220,6 +220,10 @@ def data_size(tmp: Path, sizes: list[int]) -> None:
 
 def _category(stack: str) -> str:
     """What one sampled stack (py-spy's raw format, outermost frame first) was doing."""
+    if "uvicorn" in stack or "prefect/server/" in stack:
+        return "Prefect's temporary server (its own process, embedded runs only)"
+    if "_helper_init" in stack:
+        return "recording helper: warm-up (MLflow's first model, matplotlib's first figure)"
     if "_find_and_load" in stack:
         if "make_optimizer" in stack:
             return "import torch._dynamo (the first torch.optim optimizer; the baseline pays it too)"
