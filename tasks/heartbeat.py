@@ -4,8 +4,8 @@ the flow function runs; the automation in ``ops/automations.py`` marks a run Cra
 Prefect's engine sends the same event when ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` is set, from a thread that
 sleeps in one-second steps: every run then waits for that thread to wake before it can end (0 to 1 s, half a
 second on average, measured at the end of each run against a server). This thread waits on an event, so the
-run ends as soon as its work is done. The event carries what Prefect's carries: the flow run as its resource,
-the flow and the deployment as related resources.
+run ends as soon as its work is done. The event names the flow run as its resource and the flow and the
+deployment as related resources, as Prefect's does (which also lists the run's tags).
 """
 
 from __future__ import annotations
@@ -42,34 +42,23 @@ def heartbeats() -> Iterator[None]:
         "prefect.resource.name": run.name or "",
         "prefect.version": prefect.__version__,
     }
-    related = [
-        {"prefect.resource.id": f"prefect.flow.{run.flow_id}", "prefect.resource.role": "flow"},
-        *(
-            [
-                {
-                    "prefect.resource.id": f"prefect.deployment.{run.deployment_id}",
-                    "prefect.resource.role": "deployment",
-                }
-            ]
-            if run.deployment_id
-            else []
-        ),
-    ]
+    related = [{"prefect.resource.id": f"prefect.flow.{run.flow_id}", "prefect.resource.role": "flow"}]
+    if run.deployment_id:
+        deployment = f"prefect.deployment.{run.deployment_id}"
+        related.append({"prefect.resource.id": deployment, "prefect.resource.role": "deployment"})
     stop = threading.Event()
 
     def beat() -> None:
         while True:
-            with contextlib.suppress(
-                Exception
-            ):  # a lost heartbeat is the automation's business, not the run's
+            # a lost heartbeat is the automation's business, not the run's
+            with contextlib.suppress(Exception):
                 emit_event("prefect.flow-run.heartbeat", resource=resource, related=related)
             if stop.wait(period):
                 return
 
     # in a copy of this context, where the flow run's Prefect settings (its API) live
-    thread = threading.Thread(
-        target=contextvars.copy_context().run, args=(beat,), name="heartbeat", daemon=True
-    )
+    context_copy = contextvars.copy_context()
+    thread = threading.Thread(target=context_copy.run, args=(beat,), name="heartbeat", daemon=True)
     thread.start()
     try:
         yield
