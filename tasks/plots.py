@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
 
 from training.serving import Predictor
@@ -47,9 +49,30 @@ def _finite(values: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     return x[keep], y[keep]
 
 
-def _sample(frame, limit: int = SCATTER_POINTS, seed: int = 0):
-    """At most ``limit`` rows of ``frame``, drawn at random (seeded), and how many it had."""
-    return (frame if len(frame) <= limit else frame.sample(limit, random_state=seed)), len(frame)
+def _sample(frame: pd.DataFrame, limit: int = SCATTER_POINTS, seed: int = 0) -> pd.DataFrame:
+    """At most ``limit`` rows of ``frame``, drawn at random (seeded)."""
+    return frame if len(frame) <= limit else frame.sample(limit, random_state=seed)
+
+
+@dataclass(frozen=True)
+class FitRows:
+    """What a fit plot draws of the data: at most ``SCATTER_POINTS`` rows per split (sampled, seeded), how
+    many each split has, and each column's range over all rows. Small, whatever the table's size: the
+    recording helper process gets these instead of the table."""
+
+    train: pd.DataFrame
+    val: pd.DataFrame
+    n_train: int
+    n_val: int
+    ranges: dict[str, tuple[float, float]]
+
+
+def fit_rows(train_frame: pd.DataFrame, val_frame: pd.DataFrame) -> FitRows:
+    """The rows and ranges ``fit_plot`` needs from the training and validation rows."""
+    low = pd.concat([train_frame.min(), val_frame.min()], axis=1).min(axis=1)  # an empty split is skipped
+    high = pd.concat([train_frame.max(), val_frame.max()], axis=1).max(axis=1)
+    ranges = {str(c): (float(low[c]), float(high[c])) for c in train_frame.columns}
+    return FitRows(_sample(train_frame), _sample(val_frame), len(train_frame), len(val_frame), ranges)
 
 
 def loss_curve(variant: str, train_loss: Sequence[float], val_loss: Sequence[float], epochs: int) -> Figure:
@@ -90,24 +113,23 @@ def plot_range(values: Sequence[float]) -> tuple[float, float]:
     return math.floor(low / step) * step, math.ceil(high / step) * step
 
 
-def fit_plot(predictor: Predictor, train_frame, val_frame) -> Figure:
+def fit_plot(predictor: Predictor, rows: FitRows) -> Figure:
     """Data and fitted model in original units, as the book's figure: the model drawn across the data's range
     (widened by ``plot_range``) for one feature, its value at each data row marked; predicted-vs-actual for
     several features."""
     fig = _figure()
     ax = fig.add_subplot()
     target = predictor.target
-    (train, n_train), (val, n_val) = _sample(train_frame), _sample(val_frame)
+    train, val = rows.train, rows.val
     frames = [("train", train, "o"), ("validation", val, "s")]
-    n_shown, n_all = len(train) + len(val), n_train + n_val
+    n_shown, n_all = len(train) + len(val), rows.n_train + rows.n_val
     shown = "" if n_shown == n_all else f" ({n_shown:,} of {n_all:,} rows)"
     if len(predictor.features) == 1:
         feature = predictor.features[0]
         for label, frame, marker in frames:
             if len(frame):
                 ax.scatter(frame[feature], frame[target], marker=marker, label=label, s=12)
-        both = np.concatenate([train_frame[feature].to_numpy(), val_frame[feature].to_numpy()])
-        grid = np.linspace(*plot_range(both), 281)  # fine enough for a curve
+        grid = np.linspace(*plot_range(rows.ranges[feature]), 281)  # fine enough for a curve
         ax.plot(grid, predictor.predict({feature: grid})[target], color="black", label="model")
         shown_x = np.concatenate([train[feature].to_numpy(), val[feature].to_numpy()])  # the sampled rows
         ax.scatter(

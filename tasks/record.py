@@ -11,7 +11,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from tasks import recorder_process, spool, tracking
+from tasks import plots, recorder_process, spool, tracking
 from tasks.data import LoadedData
 from tasks.orphans import close_orphans
 from tasks.recorder import (
@@ -87,10 +87,10 @@ def log_variant(
     training of the next variant); on success its local copy is deleted."""
     variant = trained.variant
     folder = spool_variant(run, trained, loaded, prepared, settings)
-    frames = (prepared.train_frame, prepared.val_frame)
+    rows = plots.fit_rows(prepared.train_frame, prepared.val_frame)
     logger = get_run_logger()
     try:
-        record = recorder_process.record(folder, run.experiment_id, run.parent_run_id, frames, logger.warning)
+        record = recorder_process.record(folder, run.experiment_id, run.parent_run_id, rows, logger.warning)
     except Exception as exc:
         raise RecordingFailed(
             f"could not record {variant} in MLflow at {tracking.tracking_uri()}: {exc}. Its weights and "

@@ -11,8 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from tasks import plots, spool, tracking
 from training import network
 from training.data import Prepared
@@ -83,16 +81,17 @@ def record_variant(
     parent_run_id: str,
     folder: str | None = None,
     name: str | None = None,
-    frames: tuple[pd.DataFrame, pd.DataFrame] | None = None,
+    rows: plots.FitRows | None = None,
 ) -> VariantRecord:
     """Record one variant as a child run: curves, metrics, plots and, if it converged, the model.
 
     A child run left by an earlier failed attempt is closed as KILLED; with ``folder``, the new child run's id
     is noted there as soon as it exists, so a failure from then on leaves nothing RUNNING after the upload.
-    ``frames`` are the training and validation rows when the caller has them (else read again from the file).
+    ``rows`` are what the fit plot and the model's input example need of the data, when the caller has them
+    (else they are read again from the file).
     """
     p = payload
-    train_frame, val_frame = frames or p.frames()
+    rows = rows or plots.fit_rows(*p.frames())
     if p.partial_run_id:
         tracking.end_run(
             p.partial_run_id, tracking.KILLED, note="superseded by a complete recording of the same results"
@@ -107,7 +106,7 @@ def record_variant(
         on_created=(lambda run_id: spool.note_partial_run(Path(folder), run_id)) if folder else None,
     )
     try:
-        return _record_child(p, experiment_id, run_id, train_frame, val_frame)
+        return _record_child(p, experiment_id, run_id, rows)
     except BaseException as exc:
         with contextlib.suppress(Exception):  # the server may be the thing that failed
             tracking.end_run(run_id, tracking.FAILED, note=f"recording failed: {exc!r}")
@@ -118,13 +117,12 @@ def _record_child(
     p: spool.VariantPayload,
     experiment_id: str,
     run_id: str,
-    train_frame: pd.DataFrame,
-    val_frame: pd.DataFrame,
+    rows: plots.FitRows,
 ) -> VariantRecord:
     model_uri = None
     if p.converged:
         # first: Model.log reads back the run's whole metric history, which is still empty here
-        model_uri = tracking.log_model(run_id, experiment_id, p.predictor(), train_frame[p.features].head(3))
+        model_uri = tracking.log_model(run_id, experiment_id, p.predictor(), rows.train[p.features].head(3))
     curves = {"train_loss": p.train_loss, "val_loss": p.val_loss}
     tracking.log_curves(run_id, curves)
     tracking.log_curve_table(run_id, curves)
@@ -152,7 +150,7 @@ def _record_child(
         layers = network.state_dict(predictor.params, arch.features, arch.hidden)
         weights = {name: value.tolist() for name, value in layers.items()}
         tracking.log_dict(run_id, {"architecture": arch.to_dict(), "weights": weights}, "network.json")
-    tracking.log_figure(run_id, plots.fit_plot(predictor, train_frame, val_frame), "fit.png")
+    tracking.log_figure(run_id, plots.fit_plot(predictor, rows), "fit.png")
     tracking.set_tags(run_id, {"model_uri": model_uri})
     tracking.end_run(run_id, tracking.FINISHED)
     return VariantRecord(p.variant, run_id, tracking.FINISHED, model_uri)

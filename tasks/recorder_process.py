@@ -9,14 +9,13 @@ process it runs on another core while the next variant trains.
 costs no second import and no fork-with-threads hazard: ``python -m flows.run train`` calls it just before the
 flow starts. Where no helper was started (a flow called from Python, a deployed run started by a worker)
 ``record`` records in the calling thread, as before. Each job carries the caller's environment (tracking URI,
-credentials, state directory).
+credentials, state directory) and the few data rows the fit plot draws (``plots.FitRows``), not the table.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import multiprocessing
 import os
 import signal
@@ -27,28 +26,25 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from tasks import spool
+from tasks.plots import FitRows
 from tasks.recorder import VariantRecord, record_variant
 
 _HELPER: ProcessPoolExecutor | None = None
-_FRAMES: dict[str, tuple[pd.DataFrame, pd.DataFrame]] = {}  # in the helper: the last run's rows, read once
 _PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent ends
 
 
 class HelperFailed(RuntimeError):
-    """Recording failed (the message is the error the recording met, in whichever process)."""
+    """The helper could not record a variant (the message is the error it met)."""
 
 
-def start() -> bool:
+def start() -> None:
     """Fork the helper unless one runs or this process runs other threads (then ``record`` works in the
-    calling thread); returns whether a helper runs. It pays MLflow's and matplotlib's one-off costs first."""
+    calling thread). It pays MLflow's and matplotlib's one-off costs first."""
     global _HELPER
     if _HELPER is None and threading.active_count() == 1:
         _HELPER = ProcessPoolExecutor(1, multiprocessing.get_context("fork"), initializer=_helper_init)
         _HELPER.submit(os.getpid)  # forks now, before the flow starts Prefect's threads
-    return _HELPER is not None
 
 
 def _helper_init() -> None:
@@ -68,11 +64,11 @@ def record(
     folder: Path | str,
     experiment_id: str,
     parent_run_id: str,
-    frames: tuple[pd.DataFrame, pd.DataFrame],
+    rows: FitRows,
     on_fallback: Callable[[str], None] = print,
 ) -> VariantRecord:
     """Record the variant spooled in ``folder`` as a child run of ``parent_run_id``, in the helper if one
-    runs (it reads the training and validation rows again from the data file), else here with ``frames``.
+    runs, else here; ``rows`` are the data rows its fit plot draws.
 
     If the helper dies, this variant and the next are recorded here (``on_fallback`` is told why); a child run
     the helper had begun is closed as KILLED, as ``make upload`` closes one that a failed attempt left.
@@ -84,7 +80,7 @@ def record(
     helper = _HELPER
     if helper is not None:
         try:
-            job = helper.submit(_record, str(folder), experiment_id, parent_run_id, dict(os.environ))
+            job = helper.submit(_record, str(folder), experiment_id, parent_run_id, rows, dict(os.environ))
             ok, value = job.result()
         except BrokenProcessPool as exc:
             _HELPER = None
@@ -93,19 +89,16 @@ def record(
             if not ok:
                 raise HelperFailed(value)
             return value
-    return record_variant(spool.read(folder), experiment_id, parent_run_id, str(folder), frames=frames)
+    return record_variant(spool.read(folder), experiment_id, parent_run_id, str(folder), rows=rows)
 
 
-def _record(folder: str, experiment_id: str, parent_run_id: str, env: dict[str, str]) -> tuple[bool, Any]:
+def _record(
+    folder: str, experiment_id: str, parent_run_id: str, rows: FitRows, env: dict[str, str]
+) -> tuple[bool, Any]:
     """In the helper, in the caller's environment: ``(True, record)`` or ``(False, the error)``."""
     os.environ.clear()
     os.environ.update(env)
     try:
-        payload = spool.read(folder)
-        key = json.dumps([payload.data, payload.digest, payload.features, payload.target, payload.split])
-        if key not in _FRAMES:
-            _FRAMES.clear()
-            _FRAMES[key] = payload.frames()  # the file, checked against the run's SHA-256
-        return True, record_variant(payload, experiment_id, parent_run_id, folder, frames=_FRAMES[key])
+        return True, record_variant(spool.read(folder), experiment_id, parent_run_id, folder, rows=rows)
     except Exception as exc:
         return False, str(exc)

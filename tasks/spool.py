@@ -107,9 +107,8 @@ def write(parent_run_id: str, parent: dict[str, Any], payload: VariantPayload) -
         (root / WRITER).write_text(json.dumps({"pid": os.getpid(), "started": _started(os.getpid())}))
         described = root / "parent.json"
         saved = json.loads(described.read_text()) if described.exists() else {"curves": {}, "metrics": {}}
-        for key in ("curves", "metrics"):
-            parent[key] = saved[key] | parent[key]
-        described.write_text(json.dumps({**saved, **parent, "run_id": parent_run_id}, indent=1))
+        merged = {key: saved[key] | parent[key] for key in ("curves", "metrics")}
+        described.write_text(json.dumps({**saved, **parent, **merged, "run_id": parent_run_id}, indent=1))
     where = root / payload.variant
     where.mkdir(exist_ok=True)
     (where / "payload.json").write_text(json.dumps(asdict(payload)))

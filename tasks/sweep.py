@@ -284,10 +284,8 @@ def record_top_trial(
     tags = {**prefect_tags(), "sweep.trial": str(trial), "sweep.rank": str(rank)}
     payload = build_payload(trained, prepared, config, tags, data.source, data.digest)
     payload.run_params = {**payload.run_params, "trial": trial, "rank": rank}
-    frames = (prepared.train_frame, prepared.val_frame)
-    record = record_variant(
-        payload, run.experiment_id, run.parent_run_id, name=f"trial-{trial}", frames=frames
-    )
+    rows = plots.fit_rows(prepared.train_frame, prepared.val_frame)
+    record = record_variant(payload, run.experiment_id, run.parent_run_id, name=f"trial-{trial}", rows=rows)
     get_run_logger().info("trial %d (rank %d) recorded as MLflow run %s", trial, rank, record.run_id)
     return record
 

@@ -130,7 +130,7 @@ def test_a_network_is_evaluated_without_an_optimum_and_with_its_backward_pass_ch
 
 
 def test_the_fit_plot_draws_the_model_over_the_books_range_with_the_data():
-    from tasks.plots import fit_plot, plot_range
+    from tasks.plots import fit_plot, fit_rows, plot_range
     from training import network
     from training.architecture import Architecture
     from training.normalize import Normalizer
@@ -142,7 +142,7 @@ def test_the_fit_plot_draws_the_model_over_the_books_range_with_the_data():
     p = prepare_data.fn(loaded, TrainSettings(val_indices=[7, 10]))
     normalizer = Normalizer("scale", ("t_u",), (0.0,), (0.1,))
     predictor = Predictor(network.seeded_init(1, 8, 0), normalizer, "t_c", "manual", Architecture.network(1))
-    ax = fit_plot(predictor, p.train_frame, p.val_frame).axes[0]
+    ax = fit_plot(predictor, fit_rows(p.train_frame, p.val_frame)).axes[0]
     [curve] = ax.lines
     assert (curve.get_xdata().min(), curve.get_xdata().max()) == (20, 90)
     expected = predictor.predict({"t_u": curve.get_xdata()})["t_c"].to_numpy()
@@ -150,3 +150,28 @@ def test_the_fit_plot_draws_the_model_over_the_books_range_with_the_data():
     points = sorted(tuple(xy) for c in ax.collections[:2] for xy in c.get_offsets().tolist())
     assert points == sorted(zip(loaded.frame["t_u"], loaded.frame["t_c"], strict=True))  # every reading
     assert "network 1-8-1, tanh" in ax.get_title()
+
+
+def test_a_fit_plot_of_a_large_table_draws_a_sample_over_the_whole_range_and_says_so():
+    """``plots.fit_rows``: what the recording helper gets instead of the table. At most 2,000 rows per split,
+    the sizes of both splits, and each column's range over every row, which the model's line spans."""
+    import numpy as np
+    import pandas as pd
+
+    from tasks.plots import SCATTER_POINTS, fit_plot, fit_rows, plot_range
+    from training.normalize import Normalizer
+    from training.serving import Predictor
+
+    g = np.random.default_rng(0)
+    train = pd.DataFrame({"t_u": g.uniform(30, 60, 5000), "t_c": g.normal(size=5000)})
+    train.loc[1234, "t_u"] = 3.0  # the extremes, each in one row that a sample of 2,000 may well miss
+    val = pd.DataFrame({"t_u": [95.0, *g.uniform(30, 60, 99)], "t_c": g.normal(size=100)})
+    rows = fit_rows(train, val)
+    assert (len(rows.train), len(rows.val), rows.n_train, rows.n_val) == (SCATTER_POINTS, 100, 5000, 100)
+    assert rows.ranges["t_u"] == (3.0, 95.0)
+    normalizer = Normalizer("none", ("t_u",), (0.0,), (1.0,))
+    predictor = Predictor(torch.tensor([1.0, 0.0]), normalizer, "t_c", "manual")
+    ax = fit_plot(predictor, rows).axes[0]
+    assert ax.get_title().endswith("(2,100 of 5,100 rows)")
+    [line] = ax.lines
+    assert (line.get_xdata().min(), line.get_xdata().max()) == plot_range([3.0, 95.0])
